@@ -1,0 +1,118 @@
+"""Detection latency with 10, 1,000 and 100,000 registered targets (GUARD, issue goal: p99 <= 2 ms at 100k).
+
+Measures, per target count, over a fixed set of prompts:
+  * token detection: normalisation + Aho-Corasick over every name and alias (`NameIndex.targets_in`);
+  * semantic scoring: cosine of the prompt's unit embeddings against every stored passage
+    (`SemanticIndex.score`), with the embeddings computed once beforehand, as at request time
+    the embedding of the conversation is a fixed cost independent of the number of targets;
+  * the fixed embedding cost of a conversation (MiniLM on this CPU);
+  * how long building both structures takes (paid once per target snapshot, not per request).
+Synthetic targets get realistic generated names and random unit passage vectors; the real dev
+targets are included so prompts really hit something.
+
+    python bench/bench_detection.py [--counts 10,1000,100000] [--repeat 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import statistics
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from gateway.store.models import ForgetTarget, utcnow
+from guards.dev_set import DEV_TARGETS, GENERAL_NEGATIVES, POSITIVE_PROBES
+from guards.gate_method import NameIndex
+from guards.semantic import Embedder, SemanticIndex, conversation_units, embed_target, decode_embeddings
+
+FIRST = ["Alice", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiroshi", "Ines", "Jonas", "Kemal",
+         "Lucia", "Mateo", "Nadia", "Oskar", "Priya", "Quentin", "Rosa", "Sven", "Tamara", "Umar", "Vera"]
+LAST = ["Abernathy", "Bergström", "Castellano", "Dubois", "Eriksen", "Fitzgerald", "Gonzaga", "Hollander",
+        "Ivanova", "Jablonski", "Kowalczyk", "Lindqvist", "Moreau", "Novak", "Okafor", "Petrescu", "Quiroga"]
+
+
+def synthetic_targets(n: int, rng: random.Random) -> list[ForgetTarget]:
+    now = utcnow()
+    names = itertools.product(FIRST, LAST, range(10**6))
+    out = []
+    for i, (first, last, k) in zip(range(n), names):
+        out.append(ForgetTarget(id=f"syn{i}", name=f"{first} {last} {k:x}", aliases=[f"{last}-{k:x}"],
+                                methods=["guard"], created_at=now, updated_at=now, created_by="bench"))
+    return out
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="10,1000,100000")
+    parser.add_argument("--repeat", type=int, default=200)
+    args = parser.parse_args()
+    rng = random.Random(0)
+    embedder = Embedder.bundled()
+    now = utcnow()
+    real = [ForgetTarget(id=f"dev{i}", methods=["guard"], created_at=now, updated_at=now, created_by="bench", **t)
+            for i, t in enumerate(DEV_TARGETS)]
+    real_vectors = [(t.id, decode_embeddings(embed_target(embedder, t))) for t in real]
+    prompts = [p for probes in POSITIVE_PROBES.values() for p in probes[:2]] + GENERAL_NEGATIVES[:8]
+    prompts += [f"Tell me everything about {t.name}." for t in real[:4]]
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+
+    embed_times = []
+    unit_vectors = []
+    for conv in conversations:
+        started = time.perf_counter()
+        unit_vectors.append(embedder.encode(conversation_units(conv)))
+        embed_times.append(time.perf_counter() - started)
+
+    table = Table(title="Detection latency per request (ms)")
+    for column in ("targets", "token p50", "token p99", "semantic p50", "semantic p99", "build token",
+                   "build semantic"):
+        table.add_column(column, justify="right")
+    for count in [int(c) for c in args.counts.split(",")]:
+        targets = real + synthetic_targets(max(0, count - len(real)), rng)
+        started = time.perf_counter()
+        names = NameIndex.build(targets)
+        build_token = time.perf_counter() - started
+        dim = real_vectors[0][1].shape[1]
+        synthetic = rng_vectors(len(targets) - len(real), dim)
+        started = time.perf_counter()
+        index = SemanticIndex([*real_vectors, *((t.id, v) for t, v in zip(targets[len(real):], synthetic))])
+        build_semantic = time.perf_counter() - started
+        token_times, semantic_times = [], []
+        for i in range(args.repeat):
+            text = prompts[i % len(prompts)]
+            started = time.perf_counter()
+            names.targets_in(text)
+            token_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            index.score(unit_vectors[i % len(prompts)])
+            semantic_times.append(time.perf_counter() - started)
+        tp50, tp99 = percentiles(token_times)
+        sp50, sp99 = percentiles(semantic_times)
+        table.add_row(f"{count:,}", f"{tp50:.3f}", f"{tp99:.3f}", f"{sp50:.2f}", f"{sp99:.2f}",
+                      f"{build_token * 1e3:.0f}", f"{build_semantic * 1e3:.0f}")
+    console = Console()
+    console.print(table)
+    ep50, ep99 = percentiles(embed_times)
+    console.print(f"Embedding a conversation (MiniLM, independent of target count): p50 {ep50:.1f} ms, "
+                  f"p99 {ep99:.1f} ms over {len(conversations)} prompts")
+
+
+def rng_vectors(n: int, dim: int) -> list[np.ndarray]:
+    gen = np.random.default_rng(0)
+    matrix = gen.standard_normal((n * 3, dim)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return [matrix[i * 3:(i + 1) * 3] for i in range(n)]
+
+
+if __name__ == "__main__":
+    main()

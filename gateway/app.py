@@ -1,0 +1,154 @@
+"""Application factory: wires backend, store, pipeline and routes into one FastAPI app.
+
+Everything an app needs lives on `app.state`, built here; there are no module
+globals, so tests can run several independent gateways in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from gateway.admin.api_router import router as admin_router
+from gateway.admin.service import TargetAdmin
+from gateway.auth import AdminAuth, ClientAuth
+from gateway.backends.base import Backend
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import BodyLimit, RequestMetrics
+from gateway.openai.api_router import router as openai_router
+from gateway.openai.serving import OpenAIServing
+from gateway.pipeline.methods import MethodRegistry, UnlearningMethod
+from gateway.pipeline.pipeline import UnlearningPipeline
+from gateway.pipeline.snapshot import SnapshotProvider
+from gateway.settings import Settings
+from gateway.store import StoreUnavailable, TargetStore, open_store
+from guards.gate_method import OutputGateMethod
+
+log = logging.getLogger("gateway")
+
+
+def build_backend(settings: Settings, metrics: GatewayMetrics | None = None) -> Backend:
+    if settings.backend == "local":
+        from gateway.backends.local import LocalEngine
+
+        return LocalEngine(settings.model, settings.cache_dir, served_model_name=settings.served_model_name,
+                           max_num_seqs=settings.max_num_seqs, max_queue=settings.max_queue,
+                           threads=settings.threads)
+    if settings.backend == "openai":
+        from gateway.backends.openai_upstream import OpenAIUpstream
+
+        return OpenAIUpstream.from_settings(settings, metrics=metrics)
+    raise ValueError(f"backend {settings.backend!r} is not available in this build")
+
+
+def build_methods(settings: Settings, backend: Backend, *,
+                  metrics: GatewayMetrics | None = None) -> MethodRegistry:
+    """The plug-ins, in pipeline order. The output gate is the always-on floor."""
+    methods: list[UnlearningMethod] = [OutputGateMethod()]
+    if settings.guard:
+        from guards.guard_method import GuardConfig, GuardMethod
+        from guards.semantic import Embedder
+
+        config = GuardConfig(detect_threshold=settings.guard_detect_threshold,
+                             sentence_threshold=settings.guard_sentence_threshold,
+                             mode=settings.guard_mode, semantic=settings.guard_semantic)
+        embedder = Embedder.bundled() if settings.guard_semantic else None
+        methods.append(GuardMethod(config, embedder, lambda: backend.tokenizer))
+    if settings.alu:
+        from agents.alu_method import AluConfig, AluMethod
+
+        alu = AluConfig(k=settings.alu_k, j=settings.alu_j, tau=settings.alu_tau, top_n=settings.alu_top_n,
+                        concurrency=1 if settings.backend == "local" else settings.alu_k)
+        methods.append(AluMethod(alu, backend, metrics=metrics))
+    if settings.uld:
+        from uld.uld_method import UldMethod
+
+        methods.append(UldMethod.from_settings(settings, backend))
+    return MethodRegistry(methods)
+
+
+def create_app(settings: Settings, *, backend: Backend | None = None, store: TargetStore | None = None) -> FastAPI:
+    metrics = GatewayMetrics()
+    owns_backend, owns_store = backend is None, store is None  # injected parts belong to the caller
+    backend = backend or build_backend(settings, metrics)
+    store = store or open_store(settings.store, base_dir=Path.cwd())
+    methods = build_methods(settings, backend, metrics=metrics)
+    snapshots = SnapshotProvider(store, fail_open=settings.fail_open)
+    workers = [m for m in methods if hasattr(m, "start_worker")]  # methods with background jobs (ULD training)
+    pipeline = UnlearningPipeline(snapshots, methods, refusal_text=settings.refusal_text, metrics=metrics)
+    admin_auth = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None,
+                           insecure=settings.insecure_admin)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.fail_open:
+            log.warning("FAIL-OPEN MODE: if the target store is unreadable, answers are served without "
+                        "the forget check. Do not use this in production.")
+        if not admin_auth.enabled:
+            log.error("UNLEARN_ADMIN_TOKEN is not set: the admin API is disabled (use --insecure-admin "
+                      "for a local sandbox only)")
+        elif settings.insecure_admin and not settings.admin_token:
+            log.warning("INSECURE ADMIN: the admin API accepts unauthenticated calls")
+        if owns_backend:
+            await backend.start()
+        await methods.warm_up()
+        try:
+            await snapshots.current()
+        except StoreUnavailable as exc:
+            log.error("target store unavailable at start (requests fail closed until it returns): %s", exc)
+        for worker in workers:
+            await worker.start_worker(store, snapshots)
+        app.state.started_at = time.time()
+        try:
+            yield
+        finally:
+            for worker in workers:
+                await worker.stop_worker()
+            if owns_backend:
+                await backend.close()
+            if owns_store:
+                await store.close()
+
+    app = FastAPI(title="unlearn-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.started_at = None
+    app.state.metrics = metrics
+    app.state.admin_auth = admin_auth
+    app.state.target_admin = TargetAdmin(store, methods)
+    app.state.serving = OpenAIServing(backend, pipeline, ClientAuth(settings.tenant_by_key()), settings, metrics)
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(admin_router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, admin_max_bytes=settings.max_admin_body_bytes)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        checks = {"model": backend.ready, "store": True}
+        try:
+            await store.ping()
+        except StoreUnavailable:
+            checks["store"] = False
+        ok = all(checks.values())
+        return Response(orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
+                        status_code=200 if ok else 503, media_type="application/json")
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        snapshot = snapshots.loaded
+        if snapshot is not None:
+            metrics.targets_active.set(sum(1 for t in snapshot.targets if t.is_active))
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

