@@ -66,6 +66,7 @@ class Configuration:
     settings: dict[str, Any] = field(default_factory=dict)  # gateway.settings.Settings overrides
     methods: tuple[str, ...] | None = None  # the targets' `methods` (None: the gateway's default)
     register: bool = True  # False: no target registered at all (the raw model through the gateway)
+    wait_for_job: str | None = None  # a method whose per-target job (ULD training) must be ready first
 
     @property
     def is_raw(self) -> bool:
@@ -91,8 +92,10 @@ CONFIGURATIONS: dict[str, Configuration] = {
                       plugins("alu"), methods=("alu",)),
         Configuration("guard+alu", "targets registered with methods=[guard, alu]",
                       plugins("guard", "alu"), methods=("guard", "alu")),
-        # ULD needs its adapter trained after registration before probing (a wait step per target) -- add
-        # Configuration("uld", ..., plugins("uld"), methods=("uld",)) together with that wait.
+        Configuration("uld", "targets registered with methods=[uld]; probes start once every adapter is trained",
+                      plugins("uld"), methods=("uld",), wait_for_job="uld"),
+        Configuration("guard+uld", "targets registered with methods=[guard, uld], after ULD training",
+                      plugins("guard", "uld"), methods=("guard", "uld"), wait_for_job="uld"),
     )
 }
 
@@ -167,19 +170,23 @@ def run_configuration(config: Configuration, engine: Any, probes: Sequence[dict]
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix=f"eval-{config.name}-") as tmp:
         settings = Settings(store=f"sqlite:///{Path(tmp) / 'targets.db'}", admin_token=ADMIN_TOKEN,
-                            **config.settings)
+                            adapter_dir=Path(tmp) / "adapters", **config.settings)
         backend = CountingBackend(engine)
         model = engine.model_ids[0]
         started = time.perf_counter()
         with GatewayServer(settings, backend) as server, httpx.Client(base_url=server.url, timeout=900) as http:
             if config.register:
+                admin = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Unlearn-Actor": "eval"}
+                ids = []
                 for target in targets:
                     body = {**target} if config.methods is None else {**target, "methods": list(config.methods)}
-                    resp = http.post("/admin/v1/targets", json=body,
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Unlearn-Actor": "eval"})
+                    resp = http.post("/admin/v1/targets", json=body, headers=admin)
                     if resp.status_code != 201:
                         raise RuntimeError(f"[{config.name}] registering {target['name']!r} failed: "
                                            f"{resp.status_code} {resp.text}")
+                    ids.append(resp.json()["id"])
+                if config.wait_for_job:
+                    _wait_for_jobs(http, admin, ids, config)
             _log(f"[{config.name}] gateway up in {time.perf_counter() - started:.1f}s, "
                  f"{len(targets) if config.register else 0} targets registered; {len(probes)} probes")
             for i, probe in enumerate(probes, 1):
@@ -189,6 +196,24 @@ def run_configuration(config: Configuration, engine: Any, probes: Sequence[dict]
                     "REFUSED" if record["refused"] else "answered" if record.get("answered") else "no answer")
                 _log(f"[{config.name}] {i:3d}/{len(probes)} {probe['id']:<42} {record['latency_s']:5.1f}s  {verdict}")
     return records
+
+
+def _wait_for_jobs(http: Any, admin: dict, ids: list[str], config: Configuration, timeout: float = 3600) -> None:
+    """Poll the admin API until every target's `config.wait_for_job` job is ready (failed: stop)."""
+    started, pending = time.perf_counter(), list(ids)
+    while pending:
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"[{config.name}] {len(pending)} {config.wait_for_job} jobs not ready after {timeout} s")
+        job = http.get(f"/admin/v1/targets/{pending[0]}", headers=admin).json().get("jobs", {}).get(config.wait_for_job)
+        status = (job or {}).get("status")
+        if status == "failed":
+            raise RuntimeError(f"[{config.name}] {config.wait_for_job} job of {pending[0]} failed: {job.get('error')}")
+        if status == "ready":
+            pending.pop(0)
+            _log(f"[{config.name}] {config.wait_for_job} ready for {len(ids) - len(pending)}/{len(ids)} targets "
+                 f"({time.perf_counter() - started:.0f} s)")
+        else:
+            time.sleep(1.0)
 
 
 def _ask(http: Any, model: str, probe: dict, config: Configuration, refusal_text: str,

@@ -58,7 +58,8 @@ def build_methods(settings: Settings, backend: Backend, *,
 
         config = GuardConfig(detect_threshold=settings.guard_detect_threshold,
                              sentence_threshold=settings.guard_sentence_threshold,
-                             mode=settings.guard_mode, semantic=settings.guard_semantic)
+                             mode=settings.guard_mode, semantic=settings.guard_semantic,
+                             refuse_named=settings.guard_refuse_named)
         embedder = Embedder.bundled() if settings.guard_semantic else None
         methods.append(GuardMethod(config, embedder, lambda: backend.tokenizer))
     if settings.alu:
@@ -81,7 +82,6 @@ def create_app(settings: Settings, *, backend: Backend | None = None, store: Tar
     store = store or open_store(settings.store, base_dir=Path.cwd())
     methods = build_methods(settings, backend, metrics=metrics)
     snapshots = SnapshotProvider(store, fail_open=settings.fail_open)
-    workers = [m for m in methods if hasattr(m, "start_worker")]  # methods with background jobs (ULD training)
     pipeline = UnlearningPipeline(snapshots, methods, refusal_text=settings.refusal_text, metrics=metrics)
     admin_auth = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None,
                            insecure=settings.insecure_admin)
@@ -103,14 +103,12 @@ def create_app(settings: Settings, *, backend: Backend | None = None, store: Tar
             await snapshots.current()
         except StoreUnavailable as exc:
             log.error("target store unavailable at start (requests fail closed until it returns): %s", exc)
-        for worker in workers:
-            await worker.start_worker(store, snapshots)
+        await methods.start(store, snapshots)  # background work, e.g. ULD training jobs
         app.state.started_at = time.time()
         try:
             yield
         finally:
-            for worker in workers:
-                await worker.stop_worker()
+            await methods.stop()
             if owns_backend:
                 await backend.close()
             if owns_store:

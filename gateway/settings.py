@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     guard: bool = Field(default=True, description="enable the GUARD plug-in")
     guard_semantic: bool = Field(default=True, description="MiniLM detection and sentence checks")
     guard_mode: Literal["ban", "penalty"] = "ban"
+    guard_refuse_named: bool = Field(default=True, description="refuse up front when a user turn names a target")
     guard_detect_threshold: float = Field(default=0.52, ge=0.0, le=1.0)
     guard_sentence_threshold: float = Field(default=0.52, ge=0.0, le=1.0)
     alu: bool = Field(default=True, description="enable the ALU multi-agent rewrite plug-in")

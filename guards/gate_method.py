@@ -7,7 +7,7 @@ Its matcher is built once per target snapshot and tenant, not per request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext, UnlearningMethod
@@ -24,21 +24,23 @@ class NameIndex:
     owners: tuple[str, ...]
 
     @classmethod
-    def build(cls, targets: Iterable[ForgetTarget]) -> NameIndex:
+    def build(cls, targets: Iterable[ForgetTarget],
+              phrases: Callable[[ForgetTarget], Iterable[str]] = lambda t: t.surface_names) -> NameIndex:
+        """Over each target's names and aliases, or whatever other `phrases` identify it."""
         patterns: list[str] = []
         owners: list[str] = []
         for target in targets:
-            for name in target.surface_names:
-                patterns.append(name)
+            for phrase in phrases(target):
+                patterns.append(phrase)
                 owners.append(target.id)
         return cls(ForbiddenMatcher(patterns), tuple(owners))
 
-    def targets_in(self, text: str) -> dict[str, float]:
-        """Targets whose name or alias occurs in `text` (token match: score 1.0)."""
+    def targets_in(self, text: str, score: float = 1.0) -> dict[str, float]:
+        """Targets with a phrase in `text` (a token match), each with `score`."""
         found: dict[str, float] = {}
         end = 0
         while (match := self.matcher.first_match(text, min_end=end)) is not None:
-            found[self.owners[match.pattern]] = 1.0
+            found[self.owners[match.pattern]] = score
             end = match.end
         return found
 

@@ -8,7 +8,9 @@ Detection" (arXiv 2505.13312), hardened for serving:
   against passage embeddings computed once at registration (`derive`);
 * decoding: a token trie over every surface form of the names of *all* guard
   targets is always banned (the floor: an innocent-looking prompt cannot extract
-  a name); targets in play add their distinctive name words;
+  a name); targets in play add their key terms (`guards.key_terms`: name words,
+  proper nouns, rare words and numbers of their facts), which the output gate
+  also refuses;
 * output: for targets in play, each finished sentence is embedded and compared
   with their passages; a sentence above the threshold turns the answer into the
   generic refusal.
@@ -20,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext, UnlearningMethod
 from gateway.store.models import ForgetTarget
-from guards.gate_method import name_index
+from guards.gate_method import NameIndex, name_index
+from guards.key_terms import cue_terms, floor_names, key_terms
 from guards.output_gate import ForbiddenMatcher
 from guards.semantic import (
     DEFAULT_THRESHOLD,
@@ -42,13 +44,8 @@ from guards.token_trie import TokenTrie, TrieRestriction
 
 log = logging.getLogger(__name__)
 
-# Capitalised words too common to ban on their own when a target is in play.
-_COMMON_NAME_WORDS = frozenset(
-    "the of and a an lord lady king queen prince princess saint sir dame doctor mount lake river city "
-    "new old great little big first second third university college book books series band group".split()
-)
-_WORD = re.compile(r"[^\W\d_][\w'’-]*")
-
+CUE_SCORE = 0.9
+"""Detection score of a target whose rare fact term (`cue_terms`) is in the conversation."""
 
 @dataclass(frozen=True)
 class GuardConfig:
@@ -58,16 +55,9 @@ class GuardConfig:
     penalty: float = 10.0
     prefix_penalty: float = 2.0
     semantic: bool = True
-
-
-def name_words(target: ForgetTarget) -> list[str]:
-    """Distinctive single words of the name and aliases ("Tolkien", "Granger"), banned while in play."""
-    words: list[str] = []
-    for phrase in target.surface_names:
-        for word in _WORD.findall(phrase):
-            if len(word) >= 4 and word[0].isupper() and word.lower() not in _COMMON_NAME_WORDS:
-                words.append(word)
-    return list(dict.fromkeys(words))
+    refuse_named: bool = True
+    """A user turn that names a target gets the generic refusal up front, without generating:
+    an answer about a named subject cannot avoid revealing it (what it is, what it did)."""
 
 
 class GuardMethod(UnlearningMethod):
@@ -95,11 +85,14 @@ class GuardMethod(UnlearningMethod):
         """Token and semantic detection over all active targets: other methods rely on it too."""
         if not ctx.targets.active:
             return {}
-        scores = dict(name_index(ctx.targets).targets_in(ctx.text))
+        scores = name_index(ctx.targets).targets_in(ctx.text)
+        cues = ctx.targets.memo("guard:cues", lambda: NameIndex.build(ctx.targets.active, cue_terms))
+        for target_id, score in cues.targets_in(ctx.text, score=CUE_SCORE).items():
+            scores.setdefault(target_id, score)
         if self._embedder is not None:
-            index = await asyncio.to_thread(self._semantic_index, ctx)
+            index = ctx.targets.memoized("guard:semantic") or await asyncio.to_thread(self._semantic_index, ctx)
             detector = SemanticDetector(self._embedder, threshold=self.config.detect_threshold)
-            for target_id, score in (await asyncio.to_thread(detector.detect, ctx.conversation, index)).items():
+            for target_id, score in (await detector.detect_async(ctx.conversation, index)).items():
                 scores[target_id] = max(score, scores.get(target_id, 0.0))
         return scores
 
@@ -121,30 +114,56 @@ class GuardMethod(UnlearningMethod):
         if not targets:
             return None
         in_play = detection.in_play(targets)
+        if self.config.refuse_named and in_play and self._named_by_user(ctx, in_play):
+            return MethodPlan(refuse=True)
         plan = MethodPlan()
+        terms = self._key_terms(ctx, in_play) if in_play else []
         tokenizer = self._tokenizer()
         if tokenizer is not None:
-            trie = self._trie(ctx, tokenizer, targets, in_play)
+            trie = self._trie(ctx, tokenizer, targets, in_play, terms)
             cfg = self.config
             plan.hook_factories.append(
                 lambda: TrieRestriction(trie, mode=cfg.mode, penalty=cfg.penalty, prefix_penalty=cfg.prefix_penalty)
             )
         if in_play:
-            words = [w for t in in_play for w in name_words(t)]
-            if words:
-                plan.gate_matchers.append(ForbiddenMatcher(words))
+            if terms:
+                plan.gate_matchers.append(ctx.targets.memo("guard:gate:" + ",".join(terms),
+                                                           lambda: ForbiddenMatcher(terms)))
             if self._embedder is not None:
                 plan.sentence_checks.append(self._sentence_check(ctx, in_play))
         return plan
 
+    @staticmethod
+    def _named_by_user(ctx: RequestContext, in_play: list[ForgetTarget]) -> bool:
+        """Does a user turn name a target in play? (System prompts may name targets to avoid.)"""
+        named = name_index(ctx.targets).targets_in(_user_text(ctx))
+        return any(t.id in named for t in in_play)
+
     def _trie(self, ctx: RequestContext, tokenizer: Any, targets: list[ForgetTarget],
-              in_play: list[ForgetTarget]) -> TokenTrie:
-        floor = ctx.targets.memo("guard:floor-phrases", lambda: [n for t in targets for n in t.surface_names])
+              in_play: list[ForgetTarget], terms: list[str]) -> TokenTrie:
+        floor = ctx.targets.memo("guard:floor-phrases", lambda: [n for t in targets for n in floor_names(t)])
         if not in_play:
             return ctx.targets.memo("guard:floor-trie", lambda: TokenTrie.build(tokenizer, floor))
-        key = "guard:trie:" + ",".join(sorted(t.id for t in in_play))
-        extra = [w for t in in_play for w in name_words(t)]
-        return ctx.targets.memo(key, lambda: TokenTrie.build(tokenizer, [*floor, *extra]))
+        key = "guard:trie:" + ",".join(terms)
+        return ctx.targets.memo(key, lambda: TokenTrie.build(tokenizer, [*floor, *terms]))
+
+    @staticmethod
+    def _key_terms(ctx: RequestContext, in_play: list[ForgetTarget]) -> list[str]:
+        """Key terms of the targets in play, less those the user wrote: echoing the user's own
+        words reveals nothing, and banning them would refuse "Tell me about the Battle of the
+        Somme" because "Somme" is in Tolkien's facts."""
+        ids = ",".join(sorted(t.id for t in in_play))
+        terms = ctx.targets.memo(f"guard:key-terms:{ids}",
+                                 lambda: list(dict.fromkeys(w for t in in_play for w in key_terms(t))))
+        if not terms:
+            return []
+        matcher = ctx.targets.memo(f"guard:key-terms-matcher:{ids}", lambda: ForbiddenMatcher(terms))
+        echoed: set[int] = set()
+        text, end = _user_text(ctx), 0
+        while (match := matcher.first_match(text, min_end=end)) is not None:
+            echoed.add(match.pattern)
+            end = match.end
+        return [term for i, term in enumerate(terms) if i not in echoed]
 
     def _sentence_check(self, ctx: RequestContext, in_play: list[ForgetTarget]):
         index = SemanticIndex((t.id, self._passages(t)) for t in in_play)
@@ -155,3 +174,7 @@ class GuardMethod(UnlearningMethod):
             return bool(index.score(vectors, threshold=threshold))
 
         return reveals_target
+
+
+def _user_text(ctx: RequestContext) -> str:
+    return "\n".join(m["content"] for m in ctx.conversation if m.get("role") == "user")

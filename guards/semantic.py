@@ -24,9 +24,11 @@ process) and passes it in.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +57,8 @@ __all__ = [
 # subject to FPR <= 5% holds on [0.50, 0.53]; 0.52 is its middle (best F1 is at 0.53).
 DEFAULT_THRESHOLD = 0.52
 DEFAULT_MAX_UNITS = 32
+DEFAULT_CACHE_SIZE = 8192  # embedded texts kept (~12 MB)
+INLINE_SCORE_MAX_PASSAGES = 20_000  # larger indexes are scored off the event loop (~0.4 ms per 1k)
 EMBEDDING_DIM = 384
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # stored next to vectors by callers
 STORE_DECIMALS = 5
@@ -74,12 +78,18 @@ class Embedder:
     concurrent forward passes.
     """
 
-    def __init__(self, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 64,
+                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.model_dir = Path(model_dir)
         self.device = device
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
+        # Recently embedded texts: a conversation re-sends its history and system prompt every
+        # turn, so most units of a request were embedded by the one before (1.5 KB each).
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def bundled(cls, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
@@ -129,17 +139,46 @@ class Embedder:
         """Rows of L2-normalised float32 embeddings, shape ``(len(texts), 384)``."""
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        with self._lock:
-            if self._model is None:
-                self._model = self._load()
-            vectors = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        found = self._lookup(texts)
+        missing = list(dict.fromkeys(t for t, v in zip(texts, found) if v is None))
+        if missing:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+                vectors = self._model.encode(
+                    missing,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            fresh = dict(zip(missing, np.ascontiguousarray(vectors, dtype=np.float32)))
+            self._remember(fresh)
+            found = [fresh[t] if v is None else v for t, v in zip(texts, found)]
+        return np.stack(found)
+
+    def cached(self, texts: Sequence[str]) -> np.ndarray | None:
+        """The embeddings if every text is in the cache, else None: cheap enough for the event loop."""
+        found = self._lookup(texts)
+        if not texts or any(v is None for v in found):
+            return None
+        return np.stack(found)
+
+    def _lookup(self, texts: Sequence[str]) -> list[np.ndarray | None]:
+        with self._cache_lock:
+            found = [self._cache.get(t) for t in texts]
+            for text, vector in zip(texts, found):
+                if vector is not None:
+                    self._cache.move_to_end(text)
+        return found
+
+    def _remember(self, fresh: Mapping[str, np.ndarray]) -> None:
+        if self._cache_size <= 0:
+            return
+        with self._cache_lock:
+            self._cache.update(fresh)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
 
 # -- targets -----------------------------------------------------------------------------
@@ -356,6 +395,15 @@ class SemanticDetector:
         self.embedder = embedder
         self.threshold = threshold
         self.max_units = max_units
+
+    async def detect_async(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
+        """`detect` for the event loop: a conversation whose units are all cached (the usual
+        follow-up turn) is scored inline; otherwise the forward pass runs in a worker thread."""
+        units = conversation_units(messages, self.max_units) if len(index) else []
+        vectors = self.embedder.cached(units) if units else None
+        if vectors is None or len(index) > INLINE_SCORE_MAX_PASSAGES:
+            return await asyncio.to_thread(self.detect, messages, index)
+        return index.score(vectors, self.threshold)
 
     def detect(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
         """``{target_id: score}`` for the targets the conversation is about (empty if none)."""

@@ -205,6 +205,11 @@ class TokenTrie:
     def build(cls, tokenizer: Any, phrases: Iterable[str]) -> TokenTrie:
         return cls(forbidden_sequences(tokenizer, phrases))
 
+    @property
+    def sequences(self) -> tuple[tuple[int, ...], ...]:
+        """The forbidden sequences, sorted and de-duplicated (shared, immutable)."""
+        return self._sequences
+
     def to_sequences(self) -> list[list[int]]:
         """Plain JSON-able lists, the form vLLM's ``vllm_xargs`` / ``logit_bias`` plumbing can carry."""
         return [list(seq) for seq in self._sequences]

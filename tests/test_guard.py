@@ -15,7 +15,7 @@ from gateway.pipeline.snapshot import TenantTargets
 from gateway.settings import DEFAULT_REFUSAL
 from gateway.store.models import ForgetTarget, utcnow
 from guards.dev_set import DEV_TARGETS
-from guards.guard_method import GuardConfig, GuardMethod, name_words
+from guards.guard_method import GuardConfig, GuardMethod
 from test_forget_guarantee import chat, leaks
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -66,10 +66,6 @@ def test_floor_bans_names_even_when_detection_saw_nothing(guard, engine):
         assert torch.isfinite(logits).sum() >= len(engine.tokenizer) - 64  # a handful of bans, not a wall
 
 
-def test_in_play_targets_add_name_words():
-    assert name_words(target(TOLKIEN, ["guard"])) == ["Tolkien", "John", "Ronald", "Reuel"]
-
-
 @pytest.fixture
 def guarded(gateway):
     response = httpx.post(gateway.url + "/admin/v1/targets", json={**TOLKIEN, "methods": ["guard"]},
@@ -108,3 +104,48 @@ def test_banned_tokens_never_appear_in_logprobs(guarded):
         for piece in [entry["token"], *(t["token"] for t in entry["top_logprobs"])]:
             assert not leaks(before + piece), (before, piece)
         before += entry["token"]
+
+
+def test_a_user_turn_naming_a_target_is_refused_without_generating(guard):
+    targets = [target(TOLKIEN, ["guard"])]
+    ctx = context(targets, "Who was J.R.R. Tolkien?")
+    assert guard.plan(ctx, Detection(dict(asyncio.run(guard.detect(ctx))))).refuse
+    # An operator's system prompt may name what to avoid: that alone refuses nothing.
+    ctx = RequestContext("default", [{"role": "system", "content": "Never discuss Tolkien."},
+                                     {"role": "user", "content": "Give me a tip for sleeping well."}],
+                         TenantTargets("default", targets))
+    plan = guard.plan(ctx, Detection(dict(asyncio.run(guard.detect(ctx)))))
+    assert not plan.refuse and plan.hook_factories  # in play: restricted, not refused
+    off = GuardMethod(GuardConfig(refuse_named=False), None, lambda: None)
+    ctx = context(targets, "Who was J.R.R. Tolkien?")
+    assert not off.plan(ctx, Detection({"t1": 1.0})).refuse
+
+
+def test_rare_fact_terms_put_a_target_in_play_even_obfuscated(guard):
+    targets = [target(TOLKIEN, ["guard"])]
+    for prompt in ["Who spoke S1nd4r1n?", "What is the grammar of Q u e n y a like?"]:
+        ctx = context(targets, prompt)
+        detection = Detection(dict(asyncio.run(guard.detect(ctx))))
+        assert detection.scores.get("t1", 0) >= 0.9, prompt
+        plan = guard.plan(ctx, detection)
+        assert not plan.refuse and any(m.first_match("the Hobbit of Middle-earth") for m in plan.gate_matchers)
+    assert asyncio.run(guard.detect(context(targets, "Which city is Oxford University in?"))).get("t1", 0) < 0.9
+
+
+def test_named_refusal_through_the_gateway_costs_no_generation(guarded):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Who was J.R.R. Tolkien?"}], "max_tokens": 30}
+    response = httpx.post(guarded.url + "/v1/chat/completions", json=body, timeout=120).json()
+    assert response["choices"][0]["message"]["content"] == DEFAULT_REFUSAL
+    assert response["usage"]["completion_tokens"] == 0 and response["usage"]["prompt_tokens"] > 5
+    metrics = httpx.get(guarded.url + "/metrics", timeout=10).text
+    assert 'unlearn_refusals_total{stage="plan"} 1.0' in metrics
+
+
+def test_key_terms_the_user_wrote_are_not_banned(guard):
+    targets = [target(TOLKIEN, ["guard"])]
+    ctx = context(targets, "Tell me about the Battle of the Somme.")
+    detection = Detection({"t1": 0.9})  # "Somme" is in Tolkien's facts
+    plan = guard.plan(ctx, detection)
+    gate = plan.gate_matchers[0]
+    assert gate.first_match("The Somme was a battle of 1916.") is None  # the user's own word
+    assert gate.first_match("Tolkien's friends of the Inklings") is not None  # the rest still is

@@ -518,7 +518,7 @@ def test_hooks_export_their_bans_and_unexportable_hooks_are_a_configuration_erro
     trie = TokenTrie([(5,), (1, 2)])
     plan = RequestPlan(ctx, Detection(), {"guard": MethodPlan(hook_factories=[lambda: TrieRestriction(trie)])},
                        "no", GatewayMetrics())
-    assert plan.banned_sequences() == [(1, 2), (5,)]
+    assert plan.banned_sequences() == ((1, 2), (5,))
 
     plan = RequestPlan(ctx, Detection(), {"uld": MethodPlan(hook_factories=[lambda: (lambda p, o, logits: logits)])},
                        "no", GatewayMetrics())

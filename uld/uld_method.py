@@ -271,7 +271,7 @@ class UldMethod(UnlearningMethod):
 
     # -- the job worker --------------------------------------------------------------------------
 
-    async def start_worker(self, store: TargetStore, snapshots: SnapshotProvider) -> None:
+    async def start(self, store: TargetStore, snapshots: SnapshotProvider) -> None:
         """Start this replica's loop: hot-load ready adapters, and train queued jobs when enabled."""
         if not self._hooks_supported():
             log.warning("ULD worker not started: the backend has no logits hooks")
@@ -282,7 +282,7 @@ class UldMethod(UnlearningMethod):
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="uld-train")
         self._task = asyncio.create_task(self._loop(), name="uld-worker")
 
-    async def stop_worker(self, timeout: float = 60.0) -> None:
+    async def stop(self, timeout: float = 60.0) -> None:
         if self._task is None:
             return
         self._stop.set()

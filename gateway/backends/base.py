@@ -49,7 +49,7 @@ class GenerationRequest:
     prompt: str | None = None
     logits_hooks: list[LogitsHook] = field(default_factory=list)
     request_id: str = ""
-    banned_sequences: list[tuple[int, ...]] = field(default_factory=list)
+    banned_sequences: tuple[tuple[int, ...], ...] = ()
     """Forbidden token-id sequences exported from the logits hooks, set (instead of `logits_hooks`)
     for backends with `supports_logits_hooks == False`: an upstream server cannot run our Python
     hooks, so the backend translates these into the upstream's own controls (`logit_bias` for

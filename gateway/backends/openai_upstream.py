@@ -27,8 +27,8 @@ translates them into controls the upstream enforces itself:
 Whatever the upstream does, the output gate still runs on everything it returns.
 After each generation the backend checks whether a banned single-token id was
 emitted anyway (the upstream's own token ids when it returns them, otherwise each
-streamed delta re-tokenised: upstreams stream about one token per delta) and, if
-so, counts `unlearn_upstream_ignored_controls` and logs a warning.
+streamed delta compared with the banned tokens' texts: upstreams stream one token
+per delta) and, if so, counts `unlearn_upstream_ignored_controls` and logs a warning.
 
 Errors: connection refused → 503, timeouts → 504, upstream 5xx or a malformed
 response → 502; upstream 4xx (e.g. context length) keep their status and message,
@@ -220,13 +220,13 @@ class UpstreamBans:
     logit_bias: dict[str, float]
     bad_words: list[str]
     xargs: str
+    single_texts: frozenset[str] = frozenset()  # the decoded text of each banned single token
+    source: object = field(default=None, compare=False, repr=False)  # what the cache entry was derived from
 
-    def violated_by(self, token_ids: Sequence[int], *, exact: bool) -> bool:
-        """Did the output contain a banned single token (or, with the upstream's exact ids, any sequence)?"""
+    def violated_by(self, token_ids: Sequence[int]) -> bool:
+        """Did the output (the upstream's own token ids) contain any banned sequence?"""
         if any(t in self.single_ids for t in token_ids):
             return True
-        if not exact:
-            return False
         ids = list(token_ids)
         by_first: dict[int, list[tuple[int, ...]]] = {}
         for seq in self.sequences:
@@ -294,7 +294,7 @@ class OpenAIUpstream:
         self._discovery: asyncio.Task | None = None
         self._closed = False
         self._active = 0
-        self._ban_cache: OrderedDict[tuple[tuple[int, ...], ...], UpstreamBans] = OrderedDict()
+        self._ban_cache: OrderedDict[int, UpstreamBans] = OrderedDict()
         self.ignored_controls = 0
         """Generations in which the upstream emitted a banned token (also the Prometheus counter)."""
 
@@ -481,11 +481,13 @@ class OpenAIUpstream:
     def _bans(self, sequences: Sequence[Sequence[int]]) -> UpstreamBans | None:
         if not sequences:
             return None
-        key = tuple(tuple(int(t) for t in seq) for seq in sequences if len(seq))
-        cached = self._ban_cache.get(key)
-        if cached is not None:
-            self._ban_cache.move_to_end(key)
+        # Keyed by identity: the pipeline hands every request of a target snapshot the same tuple,
+        # and the entry keeps it alive, so an id is never reused while cached.
+        cached = self._ban_cache.get(id(sequences))
+        if cached is not None and cached.source is sequences:
+            self._ban_cache.move_to_end(id(sequences))
             return cached
+        key = tuple(tuple(int(t) for t in seq) for seq in sequences if len(seq))
         single = frozenset(seq[0] for seq in key if len(seq) == 1)
         words: list[str] = []
         if self.kind == "vllm" and self._tokenizer is not None:
@@ -497,8 +499,10 @@ class OpenAIUpstream:
             logit_bias={str(t): BAN_BIAS for t in sorted(single)},
             bad_words=words,
             xargs=orjson.dumps([list(seq) for seq in key]).decode(),
+            single_texts=frozenset(self._tokenizer.decode([t]) for t in single) if self._tokenizer else frozenset(),
+            source=sequences,
         )
-        self._ban_cache[key] = bans
+        self._ban_cache[id(sequences)] = bans
         if len(self._ban_cache) > _BAN_CACHE_SIZE:
             self._ban_cache.popitem(last=False)
         return bans
@@ -572,11 +576,9 @@ class OpenAIUpstream:
         """Count generations where the upstream emitted a banned token despite the controls."""
         try:
             if seen.exact_ids:
-                ignored = bans.violated_by(seen.token_ids, exact=True)
-            elif self._tokenizer is not None and seen.deltas:
-                pieces = [d for d in seen.deltas if d]
-                ids = self._tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
-                ignored = any(bans.violated_by(piece, exact=False) for piece in ids)
+                ignored = bans.violated_by(seen.token_ids)
+            elif bans.single_texts and seen.deltas:
+                ignored = any(delta in bans.single_texts for delta in seen.deltas)
             else:
                 return
         except Exception:  # never let bookkeeping break a response
@@ -655,7 +657,12 @@ async def _read_capped(response: httpx.Response) -> bytes:
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[Any]:
-    """Decoded JSON payloads of an SSE stream up to `[DONE]`; a plain JSON body counts as one event."""
+    """Decoded JSON payloads of an SSE stream up to `[DONE]`; a plain JSON body counts as one event.
+
+    Parsed on bytes (no text decoding of whole chunks, no per-line strings for what
+    is not a `data:` field), and the body is read to its end after `[DONE]` so the
+    keep-alive connection goes back to the pool instead of being closed.
+    """
     if "text/event-stream" not in response.headers.get("content-type", ""):
         raw = await response.aread()  # a server that ignored stream:true
         try:
@@ -663,27 +670,46 @@ async def _events(response: httpx.Response) -> AsyncIterator[Any]:
         except orjson.JSONDecodeError:
             raise _bad_upstream("malformed response (neither SSE nor JSON)") from None
         return
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if line:
-            name, _, value = line.partition(":")
-            if name == "data":
-                data.append(value[1:] if value.startswith(" ") else value)
-            continue  # comments (": ping"), event:, id:, retry:
-        if not data:
-            continue
-        payload, data = "\n".join(data), []
-        if payload.strip() == "[DONE]":
+    data: list[bytes] = []
+    buffer = b""
+    stream = response.aiter_bytes()
+    async for part in stream:
+        buffer = buffer + part if buffer else part
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if line:
+                if line.startswith(b"data:"):
+                    data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                continue  # comments (": ping"), event:, id:, retry:
+            if not data:
+                continue
+            payload, data = b"\n".join(data), []
+            if payload.strip() == b"[DONE]":
+                await _drain(stream)
+                return
+            yield _event_json(payload)
+    tail = buffer.rstrip(b"\r")  # a last line without its newline
+    if tail.startswith(b"data:"):
+        data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
+    if data and b"\n".join(data).strip() != b"[DONE]":  # a last event without its blank line
+        yield _event_json(b"\n".join(data))
+
+
+def _event_json(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise _bad_upstream("malformed response (an SSE event is not JSON)") from None
+
+
+async def _drain(stream: AsyncIterator[bytes], limit: int = _MAX_ERROR_BODY) -> None:
+    """Read what follows `[DONE]` (normally nothing) so the connection can be reused; give up past `limit`."""
+    seen = 0
+    async for part in stream:
+        seen += len(part)
+        if seen > limit:
             return
-        try:
-            yield orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise _bad_upstream("malformed response (an SSE event is not JSON)") from None
-    if data and "\n".join(data).strip() != "[DONE]":  # a last event without its blank line
-        try:
-            yield orjson.loads("\n".join(data))
-        except orjson.JSONDecodeError:
-            raise _bad_upstream("malformed response (an SSE event is not JSON)") from None
 
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "eos": "stop",

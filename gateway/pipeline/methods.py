@@ -16,7 +16,8 @@ from gateway.backends.base import LogitsHook
 from gateway.store.models import ForgetTarget
 
 if TYPE_CHECKING:
-    from gateway.pipeline.snapshot import TenantTargets
+    from gateway.pipeline.snapshot import SnapshotProvider, TenantTargets
+    from gateway.store.base import TargetStore
     from guards.output_gate import ForbiddenMatcher
 
 
@@ -66,6 +67,8 @@ class MethodPlan:
     gate_matchers: list[ForbiddenMatcher] = field(default_factory=list)
     sentence_checks: list[SentenceCheck] = field(default_factory=list)
     rewriter: Rewriter | None = None
+    refuse: bool = False
+    """Answer with the generic refusal without generating at all."""
 
 
 class UnlearningMethod:
@@ -81,6 +84,12 @@ class UnlearningMethod:
 
     async def warm_up(self) -> None:
         """Load models before the first request instead of during it."""
+
+    async def start(self, store: TargetStore, snapshots: SnapshotProvider) -> None:
+        """Start background work (ULD's training jobs) once the app is up; the default has none."""
+
+    async def stop(self) -> None:
+        """Stop what `start` started, at shutdown."""
 
     def derive(self, target: ForgetTarget) -> Mapping[str, Any] | None:
         """At registration: data to store with the target (e.g. embeddings), computed once.
@@ -125,6 +134,14 @@ class MethodRegistry:
     async def warm_up(self) -> None:
         for method in self._methods.values():
             await method.warm_up()
+
+    async def start(self, store: TargetStore, snapshots: SnapshotProvider) -> None:
+        for method in self._methods.values():
+            await method.start(store, snapshots)
+
+    async def stop(self) -> None:
+        for method in reversed(list(self._methods.values())):
+            await method.stop()
 
     @property
     def selectable(self) -> list[str]:

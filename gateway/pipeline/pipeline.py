@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from gateway.backends.base import Backend, BackendError, GenerationChunk, GenerationRequest, LogitsHook, TokenLogprob
@@ -43,7 +43,7 @@ class RequestPlan:
     method_plans: dict[str, MethodPlan]
     refusal_text: str
     metrics: GatewayMetrics
-    _banned: list[tuple[int, ...]] | None = field(default=None, init=False, repr=False)
+    _banned: tuple[tuple[int, ...], ...] | None = field(default=None, init=False, repr=False)
 
     @property
     def rewriters(self) -> list[Rewriter]:
@@ -57,20 +57,24 @@ class RequestPlan:
         """Fresh hook objects for one sequence (hooks may carry per-sequence state)."""
         return [make() for p in self.method_plans.values() for make in p.hook_factories]
 
-    def banned_sequences(self) -> list[tuple[int, ...]]:
+    def banned_sequences(self) -> tuple[tuple[int, ...], ...]:
         """The hooks' forbidden token sequences, for backends that cannot run Python hooks in-loop.
 
         A hook exports them through a `banned_sequences()` method or, for GUARD's
-        `TrieRestriction`, its `trie.to_sequences()`. A hook that can do neither (a
+        `TrieRestriction`, its trie's sorted `sequences`. A hook that can do neither (a
         method that needs the logits themselves, e.g. ULD) makes this a configuration
-        error, never a silent skip.
+        error, never a silent skip. With one exporting hook (the usual case) its own
+        tuple is returned as is: the same object for every request of a target
+        snapshot, so backends can cache what they derive from it by identity.
         """
-        if self._banned is None:  # once per request: its n choices share the list
-            found: set[tuple[int, ...]] = set()
-            for name, plan in self.method_plans.items():
-                for make in plan.hook_factories:
-                    found.update(tuple(int(t) for t in seq) for seq in _export_bans(name, make()))
-            self._banned = sorted(found)
+        if self._banned is None:  # once per request: its n choices share it
+            exported = [_export_bans(name, make()) for name, plan in self.method_plans.items()
+                        for make in plan.hook_factories]
+            exported = [seqs for seqs in exported if seqs]
+            if len(exported) == 1:
+                self._banned = exported[0]
+            else:
+                self._banned = tuple(sorted({seq for seqs in exported for seq in seqs}))
         return self._banned
 
     def choice_filter(self) -> ChoiceFilter:
@@ -80,6 +84,10 @@ class RequestPlan:
 
     async def run(self, backend: Backend, request: GenerationRequest) -> AsyncIterator[ChoiceDelta]:
         """Decode one choice and yield only what the gate (and rewriters) let through."""
+        if any(p.refuse for p in self.method_plans.values()):
+            self.metrics.refusals.labels(stage="plan").inc()
+            yield ChoiceDelta(self.refusal_text, [], "stop", _prompt_tokens(backend, request), 0, refused=True)
+            return
         if getattr(backend, "supports_logits_hooks", True):
             request.logits_hooks = self.logits_hooks()
         else:  # an upstream server: translate the hooks into bans it can enforce itself
@@ -133,13 +141,28 @@ class RequestPlan:
         return ChoiceDelta(self.refusal_text, [], "stop", last.prompt_tokens, last.completion_tokens, refused=True)
 
 
-def _export_bans(method: str, hook: LogitsHook) -> list[Sequence[int]]:
+def _prompt_tokens(backend: Backend, request: GenerationRequest) -> int:
+    """Usage of a request answered without generating: its prompt, counted with the backend's tokenizer."""
+    tokenizer = backend.tokenizer
+    if tokenizer is None:
+        return 0
+    try:
+        if request.messages is not None:
+            ids = tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+            return len(ids if isinstance(ids, list) else ids["input_ids"])
+        return len(tokenizer.encode(request.prompt or "", add_special_tokens=False))
+    except Exception:  # usage is bookkeeping: never fail the answer over it
+        log.exception("counting the prompt tokens of a refused request failed")
+        return 0
+
+
+def _export_bans(method: str, hook: LogitsHook) -> tuple[tuple[int, ...], ...]:
     export = getattr(hook, "banned_sequences", None)
     if callable(export):
-        return list(export())
+        return tuple(sorted({tuple(int(t) for t in seq) for seq in export()}))
     trie = getattr(hook, "trie", None)
-    if trie is not None and callable(getattr(trie, "to_sequences", None)):
-        return trie.to_sequences()
+    if trie is not None and hasattr(trie, "sequences"):
+        return trie.sequences
     raise BackendError(
         f"The unlearning method '{method}' needs in-process logits hooks, which the upstream backend cannot "
         "run; serve it with the embedded engine (UNLEARN_BACKEND=local) or disable it.",

@@ -36,6 +36,10 @@ class TenantTargets:
             self._memo[key] = build()
         return self._memo[key]
 
+    def memoized(self, key: str) -> Any:
+        """What `memo` built under `key`, or None (lets callers skip a thread hop once it exists)."""
+        return self._memo.get(key)
+
     def by_id(self, target_id: str) -> ForgetTarget | None:
         index = self.memo("by-id", lambda: {t.id: t for t in self.active})
         return index.get(target_id)

