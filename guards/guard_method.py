@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 CUE_SCORE = 0.9
 """Detection score of a target whose rare fact term (`cue_terms`) is in the conversation."""
 
+
 @dataclass(frozen=True)
 class GuardConfig:
     detect_threshold: float = DEFAULT_THRESHOLD
@@ -114,13 +115,14 @@ class GuardMethod(UnlearningMethod):
         if not targets:
             return None
         in_play = detection.in_play(targets)
-        if self.config.refuse_named and in_play and self._named_by_user(ctx, in_play):
+        user_text = _user_text(ctx) if in_play else ""
+        if self.config.refuse_named and in_play and self._named_by_user(ctx, in_play, user_text):
             return MethodPlan(refuse=True)
         plan = MethodPlan()
-        terms = self._key_terms(ctx, in_play) if in_play else []
+        terms = self._key_terms(ctx, in_play, user_text) if in_play else []
         tokenizer = self._tokenizer()
         if tokenizer is not None:
-            trie = self._trie(ctx, tokenizer, targets, in_play, terms)
+            trie = self._trie(ctx, tokenizer, targets, terms)
             cfg = self.config
             plan.hook_factories.append(
                 lambda: TrieRestriction(trie, mode=cfg.mode, penalty=cfg.penalty, prefix_penalty=cfg.prefix_penalty)
@@ -134,21 +136,21 @@ class GuardMethod(UnlearningMethod):
         return plan
 
     @staticmethod
-    def _named_by_user(ctx: RequestContext, in_play: list[ForgetTarget]) -> bool:
+    def _named_by_user(ctx: RequestContext, in_play: list[ForgetTarget], user_text: str) -> bool:
         """Does a user turn name a target in play? (System prompts may name targets to avoid.)"""
-        named = name_index(ctx.targets).targets_in(_user_text(ctx))
+        named = name_index(ctx.targets).targets_in(user_text)
         return any(t.id in named for t in in_play)
 
-    def _trie(self, ctx: RequestContext, tokenizer: Any, targets: list[ForgetTarget],
-              in_play: list[ForgetTarget], terms: list[str]) -> TokenTrie:
+    def _trie(self, ctx: RequestContext, tokenizer: Any, targets: list[ForgetTarget], terms: list[str]) -> TokenTrie:
+        """The floor (names of every guard target), plus the key terms of the targets in play."""
         floor = ctx.targets.memo("guard:floor-phrases", lambda: [n for t in targets for n in floor_names(t)])
-        if not in_play:
+        if not terms:
             return ctx.targets.memo("guard:floor-trie", lambda: TokenTrie.build(tokenizer, floor))
         key = "guard:trie:" + ",".join(terms)
         return ctx.targets.memo(key, lambda: TokenTrie.build(tokenizer, [*floor, *terms]))
 
     @staticmethod
-    def _key_terms(ctx: RequestContext, in_play: list[ForgetTarget]) -> list[str]:
+    def _key_terms(ctx: RequestContext, in_play: list[ForgetTarget], user_text: str) -> list[str]:
         """Key terms of the targets in play, less those the user wrote: echoing the user's own
         words reveals nothing, and banning them would refuse "Tell me about the Battle of the
         Somme" because "Somme" is in Tolkien's facts."""
@@ -159,8 +161,8 @@ class GuardMethod(UnlearningMethod):
             return []
         matcher = ctx.targets.memo(f"guard:key-terms-matcher:{ids}", lambda: ForbiddenMatcher(terms))
         echoed: set[int] = set()
-        text, end = _user_text(ctx), 0
-        while (match := matcher.first_match(text, min_end=end)) is not None:
+        end = 0
+        while (match := matcher.first_match(user_text, min_end=end)) is not None:
             echoed.add(match.pattern)
             end = match.end
         return [term for i, term in enumerate(terms) if i not in echoed]

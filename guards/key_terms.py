@@ -17,11 +17,12 @@ ordinary words never are:
 * numbers of 3+ digits ("1937", "8,848", "221B").
 
 They apply only while detection says the target is in play, so an unrelated
-answer may still say "Oxford"; the always-on floor stays names and aliases only.
+answer may still say "Oxford"; the always-on floor (`floor_names`) stays the names,
+aliases and the singulars of plural names.
 
-`cue_terms` are the rarest of them ("Hobbit", "Quidditch", "polonium"):
+`cue_terms` are the rarest of them (Zipf < 3.0: "Quenya", "Quidditch", "polonium"):
 one in a prompt puts the target in play, as a name would, because almost nothing
-else is about it ("H0bb1t" too: matching uses the gate's normalisation).
+else is about it ("Qu3nya" too: matching uses the gate's normalisation).
 """
 
 from __future__ import annotations

@@ -400,9 +400,13 @@ class SemanticDetector:
         """`detect` for the event loop: a conversation whose units are all cached (the usual
         follow-up turn) is scored inline; otherwise the forward pass runs in a worker thread."""
         units = conversation_units(messages, self.max_units) if len(index) else []
-        vectors = self.embedder.cached(units) if units else None
-        if vectors is None or len(index) > INLINE_SCORE_MAX_PASSAGES:
-            return await asyncio.to_thread(self.detect, messages, index)
+        if not units:
+            return {}
+        vectors = self.embedder.cached(units)
+        if vectors is None:
+            vectors = await asyncio.to_thread(self.embedder.encode, units)
+        if len(index) > INLINE_SCORE_MAX_PASSAGES:
+            return await asyncio.to_thread(index.score, vectors, self.threshold)
         return index.score(vectors, self.threshold)
 
     def detect(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:

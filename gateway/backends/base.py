@@ -91,6 +91,23 @@ class BackendBusy(BackendError):
         super().__init__(message, status=429, code="rate_limit_exceeded")
 
 
+def count_prompt_tokens(tokenizer: Any, request: GenerationRequest) -> int:
+    """Prompt tokens of `request` under `tokenizer` (0 without one, or when it cannot tell).
+
+    For usage a backend did not report: an upstream without usage, or a request the
+    pipeline answered without generating. Never raises: usage is bookkeeping.
+    """
+    if tokenizer is None:
+        return 0
+    try:
+        if request.messages is not None:
+            ids = tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+            return len(ids if isinstance(ids, list) else ids["input_ids"])  # newer transformers: a BatchEncoding
+        return len(tokenizer.encode(request.prompt or "", add_special_tokens=True))
+    except Exception:  # e.g. a tokenizer without a chat template: usage stays unknown
+        return 0
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A source of tokens. Implementations: embedded engine, OpenAI-compatible upstream."""

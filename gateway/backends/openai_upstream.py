@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, TokenLogprob
+from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, TokenLogprob, count_prompt_tokens
 from gateway.backends.vllm_plugin import XARGS_KEY
 
 if TYPE_CHECKING:
@@ -557,20 +557,9 @@ class OpenAIUpstream:
         if seen.usage_completion_tokens is not None:
             final.completion_tokens = seen.usage_completion_tokens
         elif not seen.prompt_tokens:  # no usage from the upstream (llama.cpp): count the prompt here
-            seen.prompt_tokens = self._count_prompt(request)
+            seen.prompt_tokens = count_prompt_tokens(self._tokenizer, request)
         final.prompt_tokens = seen.prompt_tokens
         yield final
-
-    def _count_prompt(self, request: GenerationRequest) -> int:
-        if self._tokenizer is None:
-            return 0
-        try:
-            if request.messages is not None:
-                ids = self._tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
-                return len(ids if isinstance(ids, list) else ids["input_ids"])  # newer transformers: a BatchEncoding
-            return len(self._tokenizer.encode(request.prompt or "", add_special_tokens=True))
-        except Exception:  # a tokenizer without a chat template: usage stays unknown
-            return 0
 
     def _check_controls(self, bans: UpstreamBans, seen: _Seen) -> None:
         """Count generations where the upstream emitted a banned token despite the controls."""

@@ -15,7 +15,15 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from gateway.backends.base import Backend, BackendError, GenerationChunk, GenerationRequest, LogitsHook, TokenLogprob
+from gateway.backends.base import (
+    Backend,
+    BackendError,
+    GenerationChunk,
+    GenerationRequest,
+    LogitsHook,
+    TokenLogprob,
+    count_prompt_tokens,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.choice_filter import ChoiceFilter
 from gateway.pipeline.methods import Detection, MethodPlan, MethodRegistry, RequestContext, Rewriter
@@ -86,7 +94,8 @@ class RequestPlan:
         """Decode one choice and yield only what the gate (and rewriters) let through."""
         if any(p.refuse for p in self.method_plans.values()):
             self.metrics.refusals.labels(stage="plan").inc()
-            yield ChoiceDelta(self.refusal_text, [], "stop", _prompt_tokens(backend, request), 0, refused=True)
+            yield ChoiceDelta(self.refusal_text, [], "stop", count_prompt_tokens(backend.tokenizer, request), 0,
+                              refused=True)
             return
         if getattr(backend, "supports_logits_hooks", True):
             request.logits_hooks = self.logits_hooks()
@@ -139,21 +148,6 @@ class RequestPlan:
     def _refusal(self, last: GenerationChunk) -> ChoiceDelta:
         self.metrics.refusals.labels(stage="gate").inc()
         return ChoiceDelta(self.refusal_text, [], "stop", last.prompt_tokens, last.completion_tokens, refused=True)
-
-
-def _prompt_tokens(backend: Backend, request: GenerationRequest) -> int:
-    """Usage of a request answered without generating: its prompt, counted with the backend's tokenizer."""
-    tokenizer = backend.tokenizer
-    if tokenizer is None:
-        return 0
-    try:
-        if request.messages is not None:
-            ids = tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
-            return len(ids if isinstance(ids, list) else ids["input_ids"])
-        return len(tokenizer.encode(request.prompt or "", add_special_tokens=False))
-    except Exception:  # usage is bookkeeping: never fail the answer over it
-        log.exception("counting the prompt tokens of a refused request failed")
-        return 0
 
 
 def _export_bans(method: str, hook: LogitsHook) -> tuple[tuple[int, ...], ...]:
