@@ -27,10 +27,11 @@ from guards.semantic import (
     DEFAULT_THRESHOLD,
     EMBEDDING_DIM,
     Embedder,
-    SemanticIndex,
     conversation_units,
+    decode_embeddings,
     embed_target,
 )
+from guards.semantic_index import SemanticIndex
 
 MAX_FPR = 0.05
 GRID = np.round(np.arange(0.20, 0.801, 0.01), 2)
@@ -45,7 +46,7 @@ def probe_scores(embedder: Embedder, index: SemanticIndex, probe: str) -> np.nda
 def calibrate(embedder: Embedder) -> float:
     targets = [TargetCreate(**t) for t in DEV_TARGETS]
     # Go through the stored (rounded) format, exactly as the gateway will.
-    index = SemanticIndex.from_stored({t.name: embed_target(embedder, t) for t in targets})
+    index = SemanticIndex((t.name, decode_embeddings(embed_target(embedder, t))) for t in targets)
     ids = list(index.ids)
 
     pos: list[tuple[str, str, np.ndarray]] = [
@@ -147,10 +148,10 @@ def measure_cost(embedder: Embedder) -> None:
         index = SemanticIndex(entries)
         build_ms = (time.perf_counter() - t0) * 1e3
         del m, entries
-        best, median = _timed(lambda: index.score(q), 7)
+        best, median = _timed(lambda: index.score(q, DEFAULT_THRESHOLD), 7)
         print(f"  SemanticIndex {n_targets:>7,} targets x {passages_per_target} passages, {queries} queries: "
               f"score {best:8.2f} ms min {median:8.2f} ms median  (build {build_ms:6.1f} ms, "
-              f"{index.matrix.nbytes / 2**20:5.1f} MiB)")
+              f"{index.nbytes / 2**20:5.1f} MiB)")
 
 
 def main() -> None:

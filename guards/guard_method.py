@@ -3,9 +3,10 @@
 After "GUARD: Generation-time LLM Unlearning via Adaptive Restriction and
 Detection" (arXiv 2505.13312), hardened for serving:
 
-* detection runs on the whole conversation: Aho-Corasick over normalised names
-  and aliases (cost independent of the number of targets) plus MiniLM cosine
-  against passage embeddings computed once at registration (`derive`);
+* detection runs on the whole conversation: Aho-Corasick over normalised names,
+  aliases and rare fact terms (cost independent of the number of targets), misspelt
+  terms within one edit (`guards.fuzzy_terms`), plus MiniLM cosine against passage
+  embeddings computed once at registration (`derive`);
 * decoding: a token trie over every surface form of the names of *all* guard
   targets is always banned (the floor: an innocent-looking prompt cannot extract
   a name); targets in play add their key terms (`guards.key_terms`: name words,
@@ -28,24 +29,27 @@ from typing import Any, Literal
 
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext, UnlearningMethod
 from gateway.store.models import ForgetTarget
+from guards.fuzzy_terms import FuzzyTermIndex
 from guards.gate_method import NameIndex, name_index
-from guards.key_terms import cue_terms, floor_names, key_terms
+from guards.key_terms import cue_terms, floor_names, fuzzy_terms, key_terms
 from guards.output_gate import ForbiddenMatcher
 from guards.semantic import (
     DEFAULT_THRESHOLD,
     EMBEDDING_MODEL,
     Embedder,
     SemanticDetector,
-    SemanticIndex,
     decode_embeddings,
     embed_target,
 )
+from guards.semantic_index import SemanticIndex
 from guards.token_trie import TokenTrie, TrieRestriction
 
 log = logging.getLogger(__name__)
 
 CUE_SCORE = 0.9
 """Detection score of a target whose rare fact term (`cue_terms`) is in the conversation."""
+FUZZY_SCORE = 0.8
+"""Detection score of a target one of whose terms is misspelt in the conversation (`fuzzy_terms`)."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,11 @@ class GuardMethod(UnlearningMethod):
         if not ctx.targets.active:
             return {}
         scores = name_index(ctx.targets).targets_in(ctx.text)
-        cues = ctx.targets.memo("guard:cues", lambda: NameIndex.build(ctx.targets.active, cue_terms))
+        # Built once per snapshot, off the event loop (seconds at 100k targets).
+        cues, typos = ctx.targets.memoized("guard:term-indexes") or await asyncio.to_thread(self._term_indexes, ctx)
         for target_id, score in cues.targets_in(ctx.text, score=CUE_SCORE).items():
+            scores.setdefault(target_id, score)
+        for target_id, score in typos.targets_in(ctx.text, score=FUZZY_SCORE).items():
             scores.setdefault(target_id, score)
         if self._embedder is not None:
             index = ctx.targets.memoized("guard:semantic") or await asyncio.to_thread(self._semantic_index, ctx)
@@ -96,6 +103,11 @@ class GuardMethod(UnlearningMethod):
             for target_id, score in (await detector.detect_async(ctx.conversation, index)).items():
                 scores[target_id] = max(score, scores.get(target_id, 0.0))
         return scores
+
+    @staticmethod
+    def _term_indexes(ctx: RequestContext) -> tuple[NameIndex, FuzzyTermIndex]:
+        return ctx.targets.memo("guard:term-indexes", lambda: (
+            NameIndex.build(ctx.targets.active, cue_terms), FuzzyTermIndex.build(ctx.targets.active, fuzzy_terms)))
 
     def _semantic_index(self, ctx: RequestContext) -> SemanticIndex:
         return ctx.targets.memo("guard:semantic", lambda: SemanticIndex(

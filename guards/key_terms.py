@@ -23,6 +23,10 @@ aliases and the singulars of plural names.
 `cue_terms` are the rarest of them (Zipf < 3.0: "Quenya", "Quidditch", "polonium"):
 one in a prompt puts the target in play, as a name would, because almost nothing
 else is about it ("Qu3nya" too: matching uses the gate's normalisation).
+
+`fuzzy_terms` (distinctive name words and rare fact terms: "Tolkien", "Hobbit") are
+what a *misspelt* prompt word is matched against (`guards.fuzzy_terms`): "hobitt" is
+no English word, so it is a typo of something, and near "Hobbit" it is that.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ PROPER_NOUN_MAX_ZIPF = 4.5
 RARE_WORD_MAX_ZIPF = 3.5
 RARE_WORD_MIN_LEN = 5
 CUE_MAX_ZIPF = 3.0
+FUZZY_MAX_ZIPF = 3.5
+FUZZY_NAME_MAX_ZIPF = 4.2
 NAME_WORD_MIN_LEN = 4
 
 # Capitalised name words too common to ban on their own ("Mount" of "Mount Everest").
@@ -49,7 +55,8 @@ _SENTENCE_START = re.compile(r"(?:^|[.!?:;()\"“]\s*)$")
 
 
 @lru_cache(maxsize=65536)
-def _zipf(word: str) -> float:
+def zipf(word: str) -> float:
+    """How common `word` is in English: log10 of its frequency per billion words (0 = unknown)."""
     from wordfreq import zipf_frequency  # loads its tables on first use
 
     return zipf_frequency(word, "en")
@@ -95,9 +102,9 @@ def fact_terms(target: ForgetTarget) -> list[str]:
                 opens_sentence = _SENTENCE_START.search(text[: match.start()]) is not None
                 compound = "-" in core and core.split("-")[0].isalpha()
                 if (not opens_sentence and len(core) >= NAME_WORD_MIN_LEN and core.lower() not in _COMMON_NAME_WORDS
-                        and (compound or _zipf(core) < PROPER_NOUN_MAX_ZIPF)):
+                        and (compound or zipf(core) < PROPER_NOUN_MAX_ZIPF)):
                     terms.append(core)
-            elif len(core) >= RARE_WORD_MIN_LEN and _zipf(core) < RARE_WORD_MAX_ZIPF:
+            elif len(core) >= RARE_WORD_MIN_LEN and zipf(core) < RARE_WORD_MAX_ZIPF:
                 terms.append(core)
     return list(dict.fromkeys(terms))
 
@@ -113,4 +120,14 @@ def cue_terms(target: ForgetTarget) -> list[str]:
     Matching ignores case, so capitalisation cannot vouch for a cue: "Revolver" (an album)
     is "revolver" (3.4) in a question about guns, "Bern" a city; "Quenya", "polonium",
     "Moriarty" (< 3.0) are about almost nothing else."""
-    return [t for t in fact_terms(target) if not t[0].isdigit() and _zipf(t) < CUE_MAX_ZIPF]
+    return [t for t in fact_terms(target) if not t[0].isdigit() and zipf(t) < CUE_MAX_ZIPF]
+
+
+def fuzzy_terms(target: ForgetTarget) -> list[str]:
+    """Single words a misspelling in a prompt is matched against: distinctive name words
+    (Zipf < 4.2: "Einstein", "Holmes"; not "Harry", "Albert"), capitalised fact terms with
+    Zipf < 3.5 ("Hobbit", not "Oxford") and lowercase ones as rare as cues ("polonium")."""
+    names = [w for w in name_words(target) if w.isalpha() and zipf(w) < FUZZY_NAME_MAX_ZIPF]
+    facts = [t for t in fact_terms(target)
+             if t.isalpha() and zipf(t) < (FUZZY_MAX_ZIPF if t[0].isupper() else CUE_MAX_ZIPF)]
+    return list(dict.fromkeys([*names, *facts]))

@@ -11,7 +11,7 @@ its passages.
 Cost model: passage embeddings are computed once, when a target is registered,
 and stored with it (``embed_target``/``decode_embeddings``); a request costs one
 MiniLM forward pass over at most ``max_units`` short units plus one matrix
-product against all passages of the tenant (``SemanticIndex``).
+product against the passages of the tenant (``guards.semantic_index``).
 
 Stored format: ``embed_target`` returns one list of 384 floats per passage,
 rounded to 5 decimals -- plain JSON, about 3 KB per passage, and the rounding
@@ -29,11 +29,13 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from guards.semantic_index import SemanticIndex
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -44,7 +46,6 @@ __all__ = [
     "Embedder",
     "EmbedderUnavailable",
     "SemanticDetector",
-    "SemanticIndex",
     "TargetLike",
     "conversation_units",
     "decode_embeddings",
@@ -58,7 +59,6 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.52
 DEFAULT_MAX_UNITS = 32
 DEFAULT_CACHE_SIZE = 8192  # embedded texts kept (~12 MB)
-INLINE_SCORE_MAX_PASSAGES = 20_000  # larger indexes are scored off the event loop (~0.4 ms per 1k)
 EMBEDDING_DIM = 384
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # stored next to vectors by callers
 STORE_DECIMALS = 5
@@ -231,64 +231,6 @@ def decode_embeddings(stored: Sequence[Sequence[float]] | np.ndarray) -> np.ndar
     return matrix
 
 
-class SemanticIndex:
-    """All passage vectors of a target set, stacked so one matrix product scores every target.
-
-    Built once per target snapshot (not per request).  Rows of one target are
-    contiguous, so the per-target max is a single ``np.maximum.reduceat``.
-    """
-
-    # Bounds the (queries x passages) temporary to ~32 x 262k floats (32 MiB).
-    _CHUNK_ROWS = 262_144
-
-    def __init__(self, entries: Iterable[tuple[str, np.ndarray]]) -> None:
-        ids: list[str] = []
-        blocks: list[np.ndarray] = []
-        for target_id, vectors in entries:
-            matrix = np.asarray(vectors, dtype=np.float32)
-            if matrix.size == 0:
-                continue  # a target without passages cannot be matched semantically
-            if matrix.ndim != 2 or matrix.shape[1] != EMBEDDING_DIM:
-                raise ValueError(f"target {target_id!r}: expected (n, {EMBEDDING_DIM}) vectors, got {matrix.shape}")
-            ids.append(target_id)
-            blocks.append(matrix)
-        counts = np.array([b.shape[0] for b in blocks], dtype=np.intp)
-        self.ids: tuple[str, ...] = tuple(ids)
-        #: (passages, 384) float32, all targets' rows stacked in ``ids`` order.
-        self.matrix = np.ascontiguousarray(np.vstack(blocks)) if blocks else np.zeros((0, EMBEDDING_DIM), np.float32)
-        #: row -> position in ``ids`` of the target owning that passage.
-        self.owners = np.repeat(np.arange(len(ids), dtype=np.intp), counts)
-        self._starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp) if ids else counts
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @classmethod
-    def from_stored(cls, stored: Mapping[str, Sequence[Sequence[float]]]) -> SemanticIndex:
-        """From ``{target_id: embed_target(...) output}``."""
-        return cls((target_id, decode_embeddings(vectors)) for target_id, vectors in stored.items())
-
-    def best_scores(self, query_vectors: np.ndarray) -> np.ndarray:
-        """Max cosine per target (aligned with ``self.ids``) over all queries and passages."""
-        queries = np.asarray(query_vectors, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if not self.ids or queries.shape[0] == 0:
-            return np.full(len(self.ids), -1.0, dtype=np.float32)
-        rows = self.matrix.shape[0]
-        per_row = np.empty(rows, dtype=np.float32)
-        for lo in range(0, rows, self._CHUNK_ROWS):
-            hi = min(lo + self._CHUNK_ROWS, rows)
-            per_row[lo:hi] = (queries @ self.matrix[lo:hi].T).max(axis=0)
-        return np.maximum.reduceat(per_row, self._starts)
-
-    def score(self, query_vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
-        """``{target_id: max cosine}`` for the targets scoring at or above ``threshold``."""
-        best = self.best_scores(query_vectors)
-        hits = np.flatnonzero(best >= threshold)
-        return {self.ids[i]: float(best[i]) for i in hits}
-
-
 # -- conversations -----------------------------------------------------------------------
 
 # A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a
@@ -405,9 +347,7 @@ class SemanticDetector:
         vectors = self.embedder.cached(units)
         if vectors is None:
             vectors = await asyncio.to_thread(self.embedder.encode, units)
-        if len(index) > INLINE_SCORE_MAX_PASSAGES:
-            return await asyncio.to_thread(index.score, vectors, self.threshold)
-        return index.score(vectors, self.threshold)
+        return index.score(vectors, self.threshold)  # < 1 ms at any size (see guards.semantic_index)
 
     def detect(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
         """``{target_id: score}`` for the targets the conversation is about (empty if none)."""

@@ -21,13 +21,13 @@ from guards.semantic import (
     Embedder,
     EmbedderUnavailable,
     SemanticDetector,
-    SemanticIndex,
     conversation_units,
     decode_embeddings,
     embed_target,
     split_sentences,
     target_passages,
 )
+from guards.semantic_index import SemanticIndex
 
 TOLKIEN = "J.R.R. Tolkien"
 HARRY = "Harry Potter"
@@ -37,7 +37,7 @@ HARRY = "Harry Potter"
 def dev_index(embedder: Embedder) -> SemanticIndex:
     """All eight dev targets, built through the stored format, so the right target must beat the others."""
     stored = {t["name"]: embed_target(embedder, TargetCreate(**t)) for t in DEV_TARGETS}
-    return SemanticIndex.from_stored(json.loads(json.dumps(stored)))
+    return SemanticIndex((tid, decode_embeddings(v)) for tid, v in json.loads(json.dumps(stored)).items())
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,25 @@ def test_index_of_1000_synthetic_targets_returns_the_planted_one() -> None:
 
     brute = np.array([(queries @ m.T).max() for tid, m in entries if tid != "empty"])
     np.testing.assert_allclose(index.best_scores(queries), brute, atol=1e-6)
+
+
+def test_large_index_preselects_with_codes_and_scores_exactly() -> None:
+    """Above `exact_max_rows` a compressed scan picks the candidates: near passages (the only ones
+    a threshold passes) are found with their exact cosine, and `best_scores` stays exhaustive."""
+    rng = np.random.default_rng(3)
+    entries = [(f"t{i}", _unit_rows(rng, 3)) for i in range(2000)]
+    exact = SemanticIndex(entries)
+    approx = SemanticIndex(entries, exact_max_rows=1000)
+    assert approx.approximate and not exact.approximate
+    for planted in ("t5", "t1234", "t1999"):
+        query = dict(entries)[planted][1] + 0.3 * _unit_rows(rng, 1)[0]
+        query /= np.linalg.norm(query)
+        queries = np.vstack([_unit_rows(rng, 3), query])
+        hits = approx.score(queries, threshold=0.8)
+        assert hits.keys() == exact.score(queries, threshold=0.8).keys() == {planted}
+        assert hits[planted] == pytest.approx(exact.score(queries, threshold=0.8)[planted], abs=1e-5)
+        np.testing.assert_allclose(approx.best_scores(queries), exact.best_scores(queries), atol=1e-5)
+    assert approx.score(np.zeros((0, EMBEDDING_DIM), np.float32), threshold=0.0) == {}
 
 
 def test_empty_index_and_empty_queries_score_nothing() -> None:

@@ -1,0 +1,122 @@
+"""All passage vectors of a target set, scored against a conversation's unit vectors.
+
+Two ways to score, chosen by size when the index is built (once per target snapshot):
+
+* exact: one stacked float32 matrix, one matrix product per request. Up to
+  `EXACT_MAX_ROWS` passages it costs well under a millisecond.
+* compressed scan, then exact re-rank: at 100,000 targets (~300k-700k passages) the
+  float matrix is hundreds of MB and one product costs tens of milliseconds, memory
+  bound. A faiss ``IndexPQFastScan`` keeps a 24-byte product-quantised code per passage
+  and scans *all* of them with SIMD lookup tables (~0.3 ms); the `CANDIDATES` best
+  passages per query unit are then scored exactly against the float matrix and
+  thresholded. Unlike an inverted file, no bucket of passages is ever skipped, so a
+  near passage is missed only if more than `CANDIDATES` others look nearer to the same
+  unit; scores are exact. `bench/bench_detection.py` reports the recall.
+
+Rows of one target are contiguous and `owners` maps a row to its target, so a hit on
+any passage is a hit on its target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+EXACT_MAX_ROWS = 20_000
+"""Passages up to which every request scores all of them exactly (~0.4 ms per 10k rows here)."""
+CANDIDATES = 64
+"""Passages per query unit that the compressed scan hands to the exact re-rank."""
+_PQ_DIMS_PER_CODE = 8  # 384 dims -> 48 sub-quantisers x 4 bits = 24 bytes a passage
+_PQ_TRAIN_ROWS = 20_000
+_CHUNK_ROWS = 262_144  # bounds the exact (queries x passages) temporary to ~32 MiB for 32 queries
+
+
+class SemanticIndex:
+    """Per-target best cosine of some query vectors, over every stored passage."""
+
+    def __init__(self, entries: Iterable[tuple[str, np.ndarray]], *, exact_max_rows: int = EXACT_MAX_ROWS) -> None:
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        for target_id, vectors in entries:
+            matrix = np.asarray(vectors, dtype=np.float32)
+            if matrix.size == 0:
+                continue  # a target without passages cannot be matched semantically
+            width = blocks[0].shape[1] if blocks else matrix.shape[-1]
+            if matrix.ndim != 2 or matrix.shape[1] != width:
+                raise ValueError(f"target {target_id!r}: expected (n, {width}) vectors, got {matrix.shape}")
+            ids.append(target_id)
+            blocks.append(matrix)
+        counts = np.array([b.shape[0] for b in blocks], dtype=np.intp)
+        self.ids: tuple[str, ...] = tuple(ids)
+        #: row -> position in ``ids`` of the target owning that passage.
+        self.owners = np.repeat(np.arange(len(ids), dtype=np.intp), counts)
+        self._starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.intp) if ids else counts
+        matrix = np.ascontiguousarray(np.vstack(blocks)) if blocks else np.zeros((0, 0), np.float32)
+        self.rows, self.dim = matrix.shape
+        self._matrix = matrix
+        self._codes = _build_codes(matrix) if self.rows > exact_max_rows else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def approximate(self) -> bool:
+        """True when requests pre-select passages with the compressed scan (large indexes)."""
+        return self._codes is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the passage vectors (and their codes)."""
+        return self._matrix.nbytes + (self._codes.code_size * self.rows if self._codes is not None else 0)
+
+    def score(self, query_vectors: np.ndarray, threshold: float) -> dict[str, float]:
+        """``{target_id: max cosine}`` for the targets scoring at or above ``threshold``."""
+        queries = _queries(query_vectors)
+        if not self.ids or queries.shape[0] == 0:
+            return {}
+        if self._codes is None:
+            best = self.best_scores(queries)
+            return {self.ids[i]: float(best[i]) for i in np.flatnonzero(best >= threshold)}
+        _, rows = self._codes.search(queries, min(CANDIDATES, self.rows))
+        rows = np.unique(rows[rows >= 0])
+        exact = (queries @ self._matrix[rows].T).max(axis=0)
+        keep = exact >= threshold
+        found: dict[str, float] = {}
+        for row, value in zip(rows[keep].tolist(), exact[keep].tolist()):
+            target_id = self.ids[self.owners[row]]
+            if value > found.get(target_id, -2.0):
+                found[target_id] = value
+        return found
+
+    def best_scores(self, query_vectors: np.ndarray) -> np.ndarray:
+        """Max cosine per target (aligned with ``self.ids``) over all queries and passages, exhaustively
+        (calibration and tests; requests use `score`)."""
+        queries = _queries(query_vectors)
+        if not self.ids or queries.shape[0] == 0:
+            return np.full(len(self.ids), -1.0, dtype=np.float32)
+        per_row = np.empty(self.rows, dtype=np.float32)
+        for lo in range(0, self.rows, _CHUNK_ROWS):
+            hi = min(lo + _CHUNK_ROWS, self.rows)
+            per_row[lo:hi] = (queries @ self._matrix[lo:hi].T).max(axis=0)
+        return np.maximum.reduceat(per_row, self._starts)
+
+
+def _queries(query_vectors: np.ndarray) -> np.ndarray:
+    queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
+    return queries[None, :] if queries.ndim == 1 else queries
+
+
+def _build_codes(matrix: np.ndarray):
+    """Product-quantised codes of every row, laid out for faiss's SIMD fast scan (inner product)."""
+    import faiss
+
+    rows, dim = matrix.shape
+    index = faiss.IndexPQFastScan(dim, dim // _PQ_DIMS_PER_CODE, 4, faiss.METRIC_INNER_PRODUCT)
+    sample = matrix[np.random.default_rng(0).choice(rows, min(rows, _PQ_TRAIN_ROWS), replace=False)]
+    index.train(sample)
+    index.add(matrix)
+    # Requests scan with 1-32 query units: OpenMP threads cost more than they save.
+    # (Process-wide in faiss; this module is its only user.)
+    faiss.omp_set_num_threads(1)
+    return index
