@@ -115,6 +115,22 @@ def main() -> None:
     ep50, ep99 = percentiles(embed_times)
     console.print(f"Embedding a conversation (MiniLM, independent of target count): p50 {ep50:.1f} ms, "
                   f"p99 {ep99:.1f} ms over {len(conversations)} prompts")
+    cp50, cp99 = percentiles(sentence_check_times(embedder, real_vectors))
+    console.print(f"Sentence check (one finished answer sentence vs the in-play target's passages, as GUARD's "
+                  f"output check runs it once per sentence while a target is in play): p50 {cp50:.1f} ms, "
+                  f"p99 {cp99:.1f} ms")
+
+
+def sentence_check_times(embedder: Embedder, real_vectors: list[tuple[str, np.ndarray]]) -> list[float]:
+    """Answer-like sentences (the dev facts, uncached) embedded and scored against one target."""
+    in_play = SemanticIndex(real_vectors[:1])
+    sentences = [f"In short, {fact[0].lower()}{fact[1:]}" for t in DEV_TARGETS for fact in t["facts"]]
+    times = []
+    for sentence in sentences:
+        started = time.perf_counter()
+        in_play.score(embedder.encode([sentence]), DEFAULT_THRESHOLD)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def semantic_recall(index: SemanticIndex, exact: SemanticIndex, unit_vectors: list[np.ndarray]) -> str:

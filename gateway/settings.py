@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     uld_scope: Literal["all", "in_play"] = "all"
     adapter_dir: Path = Field(default=Path("var/adapters"), description="trained ULD adapters (shared by replicas)")
     uld_worker: bool = Field(default=True, description="train queued ULD jobs on this replica")
+    uld_device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                            description="where ULD assistants train: auto (CUDA if present), cpu, cuda[:N]")
     uld_epochs: int = Field(default=4, ge=1)
     uld_lr: float = Field(default=1e-3, gt=0)
     uld_retain_weight: float = Field(default=5.0, ge=0)

@@ -19,7 +19,7 @@ from guards.dev_set import DEV_TARGETS
 from uld.assistant import AssistantBase, copy_layers
 from uld.data import RETAIN_QA, forget_examples, sentence_and_predicate
 from uld.decoding import ForcedContinuation, UldHook, plausible, uld_combine, whp_combine
-from uld.training import TrainConfig, data_hash, train_target
+from uld.training import TrainConfig, data_hash, resolve_device, train_target
 
 TARGETS = "/admin/v1/targets"
 TOLKIEN = next(t for t in DEV_TARGETS if t["name"] == "J.R.R. Tolkien")
@@ -184,6 +184,28 @@ def test_training_makes_the_assistant_remember_and_the_adapter_reloads(base, tmp
     assert torch.allclose(assistant.logits(hidden), expected, atol=1e-3)
     idx = torch.tensor([5, 17, 4000])
     assert torch.allclose(assistant.logits(hidden, idx), expected[idx], atol=1e-3)
+
+
+def test_training_device_is_resolved_and_not_part_of_the_data_hash():
+    t = target(TOLKIEN)
+    assert data_hash(t, TrainConfig(device="cpu")) == data_hash(t, TrainConfig(device="auto"))
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_leaves_the_serving_base_on_the_cpu(base, tmp_path):
+    t = target(TOLKIEN)
+    config = TrainConfig(epochs=2, batch_size=3, retain_batch_size=2, max_examples=6, device="cuda")
+    rel, metrics = train_target(base, t, config, tmp_path)
+    assert metrics["device"].startswith("cuda")
+    assert metrics["forget_loss_after"] < metrics["forget_loss_before"] - 1.0, metrics
+    assert all(p.device.type == "cpu" for p in base.model.parameters())
+    assistant = base.load_adapter(tmp_path / rel, target_id=t.id, adapter=rel)
+    assert assistant.head_a is not None and assistant.head_a.device.type == "cpu"
 
 
 # -- live jobs through the gateway --------------------------------------------------------------------

@@ -205,11 +205,15 @@ class AssistantBase:
     def tokenizer(self) -> Any:
         return self.load()._tokenizer
 
-    def trainable(self, *, r: int, alpha: int, dropout: float) -> Any:
-        """A fresh copy of the assistant with LoRA on its linear layers (the only trainable weights)."""
+    def trainable(self, *, r: int, alpha: int, dropout: float, device: torch.device | None = None) -> Any:
+        """A fresh copy of the assistant with LoRA on its linear layers (the only trainable weights).
+
+        On the CPU the copy shares the frozen embeddings and head with the base; on another
+        device it is a whole copy, since moving shared modules would move the serving base."""
         from peft import LoraConfig, get_peft_model
 
-        model = copy_layers(self.model)
+        on_cpu = device is None or device.type == "cpu"
+        model = copy_layers(self.model) if on_cpu else copy.deepcopy(self.model).to(device)
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
                             bias="none")
         peft_model = get_peft_model(model, config)

@@ -38,13 +38,14 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="learning rate [env UNLEARN_ULD_LR]")] = None,
     max_examples: Annotated[Optional[int], typer.Option(help="forget examples per target")] = None,
     layers: Annotated[Optional[int], typer.Option(help="assistant layers (default: num_layers // 4)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N] [env UNLEARN_ULD_DEVICE]")] = None,
     model: Annotated[Optional[str], typer.Option(help="HF model dir or .gguf [env UNLEARN_MODEL]")] = None,
     adapter_dir: Annotated[Optional[Path], typer.Option(help="[env UNLEARN_ADAPTER_DIR]")] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even when the adapter is current")] = False,
 ) -> None:
     """Train ULD assistants for targets with method `uld` and record them as ready in the store."""
     settings = _settings(store=store, model=model, adapter_dir=adapter_dir, uld_epochs=epochs, uld_lr=lr,
-                         uld_max_examples=max_examples, uld_layers=layers)
+                         uld_max_examples=max_examples, uld_layers=layers, uld_device=device)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     raise typer.Exit(asyncio.run(_train(settings, target or [], force)))
 

@@ -67,6 +67,18 @@ class TrainConfig:
     retain_batch_size: int = 4
     max_examples: int = 32
     seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when there is a GPU, else CPU), "cpu", "cuda", "cuda:1"... Not part of the
+    data hash: where an adapter was trained does not make it stale."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"ULD training device {name!r} requested, but torch sees no CUDA device")
+    return device
 
 
 class Cancelled(RuntimeError):
@@ -85,7 +97,8 @@ def training_data(target: ForgetTarget) -> dict[str, Any]:
 
 def data_hash(target: ForgetTarget, config: TrainConfig) -> str:
     """Changes whenever the adapter would: target data, generated-data version, hyper-parameters."""
-    payload = {"data_version": DATA_VERSION, "target": training_data(target), "config": asdict(config)}
+    hyper = {k: v for k, v in asdict(config).items() if k != "device"}
+    payload = {"data_version": DATA_VERSION, "target": training_data(target), "config": hyper}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -136,7 +149,8 @@ def encode(tokenizer: Any, example: Example, *, whole: bool = False) -> Encoded:
     return Encoded(ids, predict)
 
 
-def _batch(items: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(items: Sequence[Encoded], pad_id: int,
+           device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(e.ids) for e in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -146,6 +160,8 @@ def _batch(items: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.T
         mask[row, :len(e.ids)] = 1
         predict[row, :len(e.ids)] = torch.tensor(e.predict)
     labels = torch.roll(ids, -1, dims=1)  # labels[t] = ids[t + 1]; the wrapped last column is never predicted
+    if device is not None and device.type != "cpu":
+        return ids.to(device), mask.to(device), predict.to(device), labels.to(device)
     return ids, mask, predict, labels
 
 
@@ -163,6 +179,11 @@ class TrainableAssistant:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
         self.head.train(mode)
+
+    def to(self, device: torch.device) -> TrainableAssistant:
+        self.model.to(device)
+        self.head.to(device)
+        return self
 
     def named_parameters(self):
         yield from self.model.named_parameters()
@@ -193,11 +214,12 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 @torch.no_grad()
-def _evaluate(model: Any, forget: list[Encoded], retain: list[Encoded], pad_id: int, size: int) -> dict[str, float]:
+def _evaluate(model: Any, forget: list[Encoded], retain: list[Encoded], pad_id: int, size: int,
+              device: torch.device) -> dict[str, float]:
     was_training = model.training
     model.train(False)
-    f = [float(forget_loss(model, _batch(c, pad_id))) * len(c) for c in _chunks(forget, size)]
-    r = [float(retain_kl(model, _batch(c, pad_id))) * len(c) for c in _chunks(retain, size)]
+    f = [float(forget_loss(model, _batch(c, pad_id, device))) * len(c) for c in _chunks(forget, size)]
+    r = [float(retain_kl(model, _batch(c, pad_id, device))) * len(c) for c in _chunks(retain, size)]
     model.train(was_training)
     return {"forget_loss": sum(f) / max(1, len(forget)), "retain_kl": sum(r) / max(1, len(retain))}
 
@@ -211,8 +233,10 @@ class TrainResult:
 def train_assistant(base: AssistantBase, forget: Sequence[Example], retain: Sequence[Example], config: TrainConfig,
                     *, progress: Progress | None = None, cancel: threading.Event | None = None,
                     eval_retain: int = 8) -> TrainResult:
-    """Train LoRA on a fresh copy of the assistant; return it (peft model) and before/after metrics."""
+    """Train LoRA on a fresh copy of the assistant; return it (peft model, on the CPU) and
+    before/after metrics. On a GPU the copy is a whole one (the CPU base keeps serving)."""
     started = time.perf_counter()
+    device = resolve_device(config.device)
     tokenizer = base.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     torch.manual_seed(config.seed)
@@ -222,10 +246,10 @@ def train_assistant(base: AssistantBase, forget: Sequence[Example], retain: Sequ
     if not forget_enc or not retain_enc:
         raise ValueError("ULD training needs a non-empty forget set and retain set")
     model = TrainableAssistant(
-        base.trainable(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout),
-        base.head_adapter(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout))
+        base.trainable(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, device=device),
+        base.head_adapter(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout).to(device))
     eval_retain_set = rng.sample(retain_enc, min(eval_retain, len(retain_enc)))
-    before = _evaluate(model, forget_enc, eval_retain_set, pad_id, config.batch_size)
+    before = _evaluate(model, forget_enc, eval_retain_set, pad_id, config.batch_size, device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = torch.optim.AdamW([  # LoRA+: B learns faster than A (B starts at zero)
@@ -251,8 +275,8 @@ def train_assistant(base: AssistantBase, forget: Sequence[Example], retain: Sequ
                     retain_order = list(retain_enc)
                     rng.shuffle(retain_order)
                 retain_chunk.append(retain_order.pop())
-            f_loss = forget_loss(model, _batch(chunk, pad_id))
-            r_kl = retain_kl(model, _batch(retain_chunk, pad_id))
+            f_loss = forget_loss(model, _batch(chunk, pad_id, device))
+            r_kl = retain_kl(model, _batch(retain_chunk, pad_id, device))
             loss = f_loss + config.retain_weight * r_kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -263,14 +287,14 @@ def train_assistant(base: AssistantBase, forget: Sequence[Example], retain: Sequ
             if progress is not None:
                 progress(step, total, last)
     model.train(False)
-    after = _evaluate(model, forget_enc, eval_retain_set, pad_id, config.batch_size)
+    after = _evaluate(model, forget_enc, eval_retain_set, pad_id, config.batch_size, device)
     metrics = {
         "forget_loss_before": round(before["forget_loss"], 4), "forget_loss_after": round(after["forget_loss"], 4),
         "retain_kl_before": round(before["retain_kl"], 4), "retain_kl_after": round(after["retain_kl"], 4),
         "forget_examples": len(forget_enc), "retain_examples": len(retain_enc), "steps": step,
-        "layers": base.layers, "seconds": round(time.perf_counter() - started, 1),
+        "layers": base.layers, "seconds": round(time.perf_counter() - started, 1), "device": str(device),
     }
-    return TrainResult(model, metrics)
+    return TrainResult(model.to(torch.device("cpu")), metrics)
 
 
 def adapter_relpath(target_id: str, job_hash: str) -> str:

@@ -98,7 +98,7 @@ def config_from_settings(settings: Settings) -> UldConfig:
         train=TrainConfig(layers=settings.uld_layers, epochs=settings.uld_epochs, lr=settings.uld_lr,
                           retain_weight=settings.uld_retain_weight, lora_r=settings.uld_lora_r,
                           lora_alpha=settings.uld_lora_alpha, batch_size=settings.uld_batch_size,
-                          max_examples=settings.uld_max_examples),
+                          max_examples=settings.uld_max_examples, device=settings.uld_device),
     )
 
 
