@@ -108,21 +108,8 @@ class AluMethod(UnlearningMethod):
 
     # -- planning -------------------------------------------------------------------------
 
-    def in_play(self, ctx: RequestContext, detection: Detection) -> list[ForgetTarget]:
-        """The top-N ALU targets by detection score: `detection.in_play(targets_for(ctx))[:top_n]`.
-
-        Walks the detection hits, not the target list, so the cost does not grow with the number
-        of registered targets (the set of ALU target ids is memoised on the snapshot).
-        """
-        if not detection.scores:
-            return []
-        alu_ids = ctx.targets.memo("alu:ids", lambda: frozenset(t.id for t in self.targets_for(ctx)))
-        hits = sorted((tid for tid in detection.scores if tid in alu_ids), key=lambda tid: -detection.scores[tid])
-        targets = [ctx.targets.by_id(tid) for tid in hits[:self.config.top_n]]
-        return [t for t in targets if t is not None]
-
     def plan(self, ctx: RequestContext, detection: Detection) -> MethodPlan | None:
-        targets = self.in_play(ctx, detection)
+        targets = self.in_play(ctx, detection, limit=self.config.top_n)
         if not targets:
             return None  # clean prompt: no rewriter, the answer streams untouched, zero extra calls
         return MethodPlan(rewriter=self.rewriter(ctx, targets))

@@ -126,7 +126,7 @@ class GuardMethod(UnlearningMethod):
         targets = self.targets_for(ctx)
         if not targets:
             return None
-        in_play = detection.in_play(targets)
+        in_play = self.in_play(ctx, detection)
         user_text = _user_text(ctx) if in_play else ""
         if self.config.refuse_named and in_play and self._named_by_user(ctx, in_play, user_text):
             return MethodPlan(refuse=True)

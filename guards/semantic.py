@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from guards.semantic_index import SemanticIndex
+from guards.semantic_index import SemanticIndex, merge_hits
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -339,21 +339,33 @@ class SemanticDetector:
         self.max_units = max_units
 
     async def detect_async(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
-        """`detect` for the event loop: a conversation whose units are all cached (the usual
-        follow-up turn) is scored inline; otherwise the forward pass runs in a worker thread."""
+        """`detect` for the event loop: units seen before (a conversation re-sends its history)
+        cost a cache lookup; new ones are embedded in a worker thread unless cached."""
         units = conversation_units(messages, self.max_units) if len(index) else []
         if not units:
             return {}
-        vectors = self.embedder.cached(units)
-        if vectors is None:
-            vectors = await asyncio.to_thread(self.embedder.encode, units)
-        return index.score(vectors, self.threshold)  # < 1 ms at any size (see guards.semantic_index)
+        hits = index.cached_hits(units, self.threshold)
+        missing = [u for u, h in zip(units, hits) if h is None]
+        if missing:
+            vectors = self.embedder.cached(missing)
+            if vectors is None:
+                vectors = await asyncio.to_thread(self.embedder.encode, missing)
+            hits = self._fill(index, hits, missing, vectors)
+        return merge_hits(hits)
 
     def detect(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
         """``{target_id: score}`` for the targets the conversation is about (empty if none)."""
-        if not len(index):
-            return {}  # nothing to match: skip the forward pass
-        units = conversation_units(messages, self.max_units)
+        units = conversation_units(messages, self.max_units) if len(index) else []
         if not units:
-            return {}
-        return index.score(self.embedder.encode(units), self.threshold)
+            return {}  # nothing to match: skip the forward pass
+        hits = index.cached_hits(units, self.threshold)
+        missing = [u for u, h in zip(units, hits) if h is None]
+        if missing:
+            hits = self._fill(index, hits, missing, self.embedder.encode(missing))
+        return merge_hits(hits)
+
+    def _fill(self, index: SemanticIndex, hits: list, missing: list[str], vectors: np.ndarray) -> list:
+        fresh = index.unit_hits(vectors, self.threshold)
+        index.remember_hits(missing, fresh, self.threshold)
+        it = iter(fresh)
+        return [h if h is not None else next(it) for h in hits]

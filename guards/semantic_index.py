@@ -19,7 +19,9 @@ any passage is a hit on its target.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -27,6 +29,8 @@ EXACT_MAX_ROWS = 20_000
 """Passages up to which every request scores all of them exactly (~0.4 ms per 10k rows here)."""
 CANDIDATES = 64
 """Passages per query unit that the compressed scan hands to the exact re-rank."""
+HIT_CACHE_SIZE = 8192
+"""Unit texts whose hits an index remembers (per snapshot: a target change starts afresh)."""
 _PQ_DIMS_PER_CODE = 8  # 384 dims -> 48 sub-quantisers x 4 bits = 24 bytes a passage
 _PQ_TRAIN_ROWS = 20_000
 _CHUNK_ROWS = 262_144  # bounds the exact (queries x passages) temporary to ~32 MiB for 32 queries
@@ -56,6 +60,8 @@ class SemanticIndex:
         self.rows, self.dim = matrix.shape
         self._matrix = matrix
         self._codes = _build_codes(matrix) if self.rows > exact_max_rows else None
+        self._hit_cache: OrderedDict[tuple[str, float], dict[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,22 +78,50 @@ class SemanticIndex:
 
     def score(self, query_vectors: np.ndarray, threshold: float) -> dict[str, float]:
         """``{target_id: max cosine}`` for the targets scoring at or above ``threshold``."""
+        return merge_hits(self.unit_hits(query_vectors, threshold))
+
+    def unit_hits(self, query_vectors: np.ndarray, threshold: float) -> list[dict[str, float]]:
+        """Per query row, ``{target_id: max cosine}`` of the targets at or above ``threshold``."""
         queries = _queries(query_vectors)
         if not self.ids or queries.shape[0] == 0:
-            return {}
+            return [{} for _ in range(queries.shape[0])]
         if self._codes is None:
-            best = self.best_scores(queries)
-            return {self.ids[i]: float(best[i]) for i in np.flatnonzero(best >= threshold)}
-        _, rows = self._codes.search(queries, min(CANDIDATES, self.rows))
-        rows = np.unique(rows[rows >= 0])
-        exact = (queries @ self._matrix[rows].T).max(axis=0)
-        keep = exact >= threshold
-        found: dict[str, float] = {}
-        for row, value in zip(rows[keep].tolist(), exact[keep].tolist()):
-            target_id = self.ids[self.owners[row]]
-            if value > found.get(target_id, -2.0):
-                found[target_id] = value
+            per_target = np.empty((queries.shape[0], len(self.ids)), dtype=np.float32)
+            for lo, hi in _target_chunks(self._starts, self.rows):
+                sims = queries @ self._matrix[self._starts[lo]:self._row_end(hi)].T
+                per_target[:, lo:hi] = np.maximum.reduceat(sims, self._starts[lo:hi] - self._starts[lo], axis=1)
+            return [{self.ids[i]: float(row[i]) for i in np.flatnonzero(row >= threshold)} for row in per_target]
+        _, candidates = self._codes.search(queries, min(CANDIDATES, self.rows))
+        hits: list[dict[str, float]] = []
+        for query, rows in zip(queries, candidates):
+            rows = rows[rows >= 0]
+            exact = self._matrix[rows] @ query
+            found: dict[str, float] = {}
+            for row, value in zip(rows[exact >= threshold].tolist(), exact[exact >= threshold].tolist()):
+                target_id = self.ids[self.owners[row]]
+                found[target_id] = max(value, found.get(target_id, -2.0))
+            hits.append(found)
+        return hits
+
+    def cached_hits(self, keys: list[str], threshold: float) -> list[dict[str, float] | None]:
+        """`unit_hits` remembered for these unit texts (None where not), for this index's snapshot:
+        a conversation re-sends its earlier turns with every request."""
+        with self._lock:
+            found = [self._hit_cache.get((key, threshold)) for key in keys]
+            for key, hit in zip(keys, found):
+                if hit is not None:
+                    self._hit_cache.move_to_end((key, threshold))
         return found
+
+    def remember_hits(self, keys: list[str], hits: list[dict[str, float]], threshold: float) -> None:
+        with self._lock:
+            for key, hit in zip(keys, hits):
+                self._hit_cache[(key, threshold)] = hit
+            while len(self._hit_cache) > HIT_CACHE_SIZE:
+                self._hit_cache.popitem(last=False)
+
+    def _row_end(self, target_end: int) -> int:
+        return int(self._starts[target_end]) if target_end < len(self._starts) else self.rows
 
     def best_scores(self, query_vectors: np.ndarray) -> np.ndarray:
         """Max cosine per target (aligned with ``self.ids``) over all queries and passages, exhaustively
@@ -100,6 +134,27 @@ class SemanticIndex:
             hi = min(lo + _CHUNK_ROWS, self.rows)
             per_row[lo:hi] = (queries @ self._matrix[lo:hi].T).max(axis=0)
         return np.maximum.reduceat(per_row, self._starts)
+
+
+def merge_hits(hits: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-unit hits to per-target best scores."""
+    merged: dict[str, float] = {}
+    for hit in hits:
+        for target_id, value in hit.items():
+            if value > merged.get(target_id, -2.0):
+                merged[target_id] = value
+    return merged
+
+
+def _target_chunks(starts: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Target ranges [lo, hi) whose passages total about `_CHUNK_ROWS` rows (bounds the temporary)."""
+    chunks, lo = [], 0
+    while lo < len(starts):
+        hi = int(np.searchsorted(starts, starts[lo] + _CHUNK_ROWS, side="left"))
+        hi = max(hi, lo + 1)
+        chunks.append((lo, hi))
+        lo = hi
+    return chunks
 
 
 def _queries(query_vectors: np.ndarray) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_ten_thousand_targets_cost_what_ten_do():
         backend = ScriptedBackend({"audit": "REVEALED: NONE", "rewrite": "REFUSE"})
         method = AluMethod(AluConfig(k=1, top_n=3), backend)
         ctx = context(targets, "Tell me about them.")
-        in_play = [t.id for t in method.in_play(ctx, Detection(scores))]
+        in_play = [t.id for t in method.in_play(ctx, Detection(scores), limit=method.config.top_n)]
         assert await method.plan(ctx, Detection(scores)).rewriter("A draft.") is None
         return in_play, backend.prompts["audit"][0]
 

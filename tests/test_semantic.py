@@ -174,6 +174,21 @@ def test_large_index_preselects_with_codes_and_scores_exactly() -> None:
     assert approx.score(np.zeros((0, EMBEDDING_DIM), np.float32), threshold=0.0) == {}
 
 
+def test_unit_hits_are_per_query_and_remembered_per_index() -> None:
+    rng = np.random.default_rng(5)
+    entries = [(f"t{i}", _unit_rows(rng, 2)) for i in range(50)]
+    index = SemanticIndex(entries)
+    near = dict(entries)["t7"][0] + 0.2 * _unit_rows(rng, 1)[0]
+    queries = np.vstack([_unit_rows(rng, 1), near / np.linalg.norm(near)])
+    hits = index.unit_hits(queries, threshold=0.8)
+    assert hits[0] == {} and list(hits[1]) == ["t7"]
+    assert index.score(queries, threshold=0.8) == hits[1]
+    assert index.cached_hits(["a", "b"], 0.8) == [None, None]
+    index.remember_hits(["a", "b"], hits, 0.8)
+    assert index.cached_hits(["b", "a"], 0.8) == [hits[1], {}]
+    assert index.cached_hits(["b"], 0.5) == [None]  # another threshold is another answer
+
+
 def test_empty_index_and_empty_queries_score_nothing() -> None:
     rng = np.random.default_rng(0)
     assert SemanticIndex([]).score(_unit_rows(rng, 3), threshold=-1.0) == {}

@@ -260,7 +260,8 @@ class UldMethod(UnlearningMethod):
                 "refused; serve ULD targets with the embedded engine", [t.id for t in ready]) or True)
             return MethodPlan(hook_factories=[lambda: UldHook([])])
         if self.config.scope == "in_play":
-            ready = detection.in_play(ready)
+            ready_ids = {t.id for t in ready}
+            ready = [t for t in self.in_play(ctx, detection) if t.id in ready_ids]
         with self._cache_lock:
             assistants = [self._assistants[a] for a in (job_of(t)["adapter"] for t in ready) if a in self._assistants]
         if not assistants:

@@ -46,11 +46,6 @@ class Detection:
             if score > self.scores.get(target_id, 0.0):
                 self.scores[target_id] = score
 
-    def in_play(self, targets: Iterable[ForgetTarget]) -> list[ForgetTarget]:
-        """Targets detected, best score first."""
-        hits = [t for t in targets if t.id in self.scores]
-        return sorted(hits, key=lambda t: -self.scores[t.id])
-
 
 Rewriter = Callable[[str], Awaitable[str | None]]
 """Takes the draft answer, returns the rewritten answer, or None for the generic refusal."""
@@ -111,8 +106,20 @@ class UnlearningMethod:
         return None
 
     def targets_for(self, ctx: RequestContext) -> list[ForgetTarget]:
-        """Active targets of the caller's tenant that enabled this method."""
-        return [t for t in ctx.targets.active if self.name in t.methods]
+        """Active targets of the caller's tenant that enabled this method (memoised per snapshot)."""
+        return ctx.targets.memo(f"method-targets:{self.name}",
+                                lambda: [t for t in ctx.targets.active if self.name in t.methods])
+
+    def in_play(self, ctx: RequestContext, detection: Detection, limit: int | None = None) -> list[ForgetTarget]:
+        """This method's targets that detection found, best score first (at most `limit`).
+
+        Walks the detection hits, not the target list, so the cost does not grow with the
+        number of registered targets."""
+        if not detection.scores:
+            return []
+        ids = ctx.targets.memo(f"method-target-ids:{self.name}", lambda: frozenset(t.id for t in self.targets_for(ctx)))
+        hits = sorted((tid for tid in detection.scores if tid in ids), key=lambda tid: -detection.scores[tid])
+        return [t for t in map(ctx.targets.by_id, hits[:limit]) if t is not None]
 
 
 class MethodRegistry:
