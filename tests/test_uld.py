@@ -64,10 +64,16 @@ def test_uld_combination_is_target_minus_alpha_assistant_on_candidates():
     assistant = torch.tensor([4.0, 0.0, 0.0, 0.0])
     keep = torch.tensor([True, True, True, False])
     out = uld_combine(target_logits, [assistant], 0.5, keep)
-    assert out[:3].tolist() == [0.0, 1.0, 0.0] and out[3] == -INF
+    paper = target_logits[:3] - 0.5 * assistant[:3]  # [0, 1, 0]: equal up to a constant, so the same softmax
+    assert torch.allclose(torch.softmax(out[:3], -1), torch.softmax(paper, -1)) and out[3] == -INF
     assert int(out.argmax()) == 1  # the remembered token lost its lead
     two = uld_combine(target_logits, [assistant, assistant], 0.5, keep)
-    assert two[:3].tolist() == [-2.0, 1.0, 0.0]  # several assistants add up
+    assert torch.equal(two, out)  # several assistants do not add up: the strongest push per token counts
+    other = torch.tensor([0.0, 0.0, 6.0, 0.0])  # a second target's assistant favours token 2
+    both = uld_combine(target_logits, [assistant, other], 0.5, keep)
+    # centred on the candidates: [8/3, -4/3, -4/3] and [-2, -2, 4]; per token the larger one counts
+    assert torch.allclose(both[:3], torch.tensor([2 - 4 / 3, 1 + 2 / 3, 0 - 2.0]))
+    assert int(both[:3].argmax()) == 1  # each target's own token is pushed down, the neutral one wins
     flat = uld_combine(target_logits, [torch.full((4,), 7.0)], 0.75, keep)  # a flat assistant changes no softmax
     assert torch.allclose(torch.softmax(flat[:3], -1), torch.softmax(target_logits[:3], -1))
 

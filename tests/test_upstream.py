@@ -32,7 +32,8 @@ from starlette.routing import Route
 from conftest import REPO, admin_headers
 from gateway.backends.base import BackendError, GenerationRequest, SamplingParams
 from gateway.backends.model_files import default_gguf, resolve_model_dir
-from gateway.backends.openai_upstream import OpenAIUpstream, map_status_error, normalise_base_url
+from gateway.backends.openai_upstream import OpenAIUpstream, normalise_base_url
+from gateway.backends.upstream_http import map_status_error
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext
 from gateway.pipeline.pipeline import RequestPlan

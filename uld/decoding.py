@@ -5,7 +5,14 @@ forgotten and to know nothing else; subtracting its logits from the served model
 the forget knowledge and leaves the rest alone (on everything else the assistant is flat, and a
 flat vector changes no softmax):
 
-    scores = target_logits - alpha * sum_k assistant_k_logits      (on the plausible tokens)
+    scores = target_logits - alpha * assistant_logits      (on the plausible tokens)
+
+With several ULD targets (one assistant each, trained and hot-loaded per target) the assistant
+term is, per candidate token, the *most* any assistant favours it over its own mean on the
+candidates: max_k (a_k - mean(a_k)). For one assistant that is its logits up to a constant,
+i.e. the paper's formula (the same softmax). A sum would add up every assistant's off-topic
+deviations from flat: with the 7 dev targets it turned every answer into noise (eval: 0 % of
+neighbour and general questions answered), while the max keeps each target's own push.
 
 Plausibility filter (the "relative top" rule of the reference implementation): a token stays a
 candidate when its target log-prob is within log(r) of the best one, or when it is among the
@@ -22,7 +29,7 @@ Optional "Who's Harry Potter" mode (Eldan & Russinovich, 2023), v_base - alpha *
 forget data adds on top of knowing nothing), so v_reinforced - v_base := log(p_assistant / uniform)
 = log_softmax(assistant) + log V, which is 0 where the assistant is flat and positive on the tokens
 it learned for the target. Unlike ULD, WHP only pushes those tokens down and never promotes the
-tokens the assistant disfavours. Scores are base log-probs minus alpha · Σ_k ReLU(boost_k).
+tokens the assistant disfavours. Scores are base log-probs minus alpha · max_k ReLU(boost_k).
 """
 
 from __future__ import annotations
@@ -59,25 +66,28 @@ def plausible(logits: torch.Tensor, r: float, min_keep: int | None = None) -> to
     return (logp >= threshold) & finite
 
 
+def assistant_term(candidate_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per candidate token, the most any assistant favours it over its own mean on the candidates."""
+    centred = [a.float() - a.float().mean() for a in candidate_logits]
+    return torch.stack(centred).amax(dim=0)
+
+
 def uld_combine(target_logits: torch.Tensor, assistant_logits: Sequence[torch.Tensor], alpha: float,
                 keep: torch.Tensor) -> torch.Tensor:
-    """target − alpha · Σ assistants on the `keep` tokens, −inf elsewhere (full-vocabulary tensors)."""
+    """target − alpha · assistant term on the `keep` tokens, −inf elsewhere (full-vocabulary tensors)."""
+    idx = keep.nonzero().squeeze(-1)
     out = torch.full_like(target_logits, NEG_INF, dtype=torch.float32)
-    combined = target_logits.float()
-    for logits in assistant_logits:
-        combined = combined - alpha * logits.float()
-    out[keep] = combined[keep]
+    out[idx] = target_logits[idx].float() - alpha * assistant_term([a[idx] for a in assistant_logits])
     return out
 
 
 def whp_combine(target_logits: torch.Tensor, assistant_logits: Sequence[torch.Tensor], alpha: float,
                 keep: torch.Tensor) -> torch.Tensor:
-    """log p_base − alpha · Σ ReLU(log p_assistant + log V) on the `keep` tokens, −inf elsewhere."""
+    """log p_base − alpha · max_k ReLU(log p_assistant_k + log V) on the `keep` tokens, −inf elsewhere."""
     base = torch.log_softmax(target_logits.float(), dim=-1)
-    combined = base.clone()
     log_v = math.log(base.shape[-1])
-    for logits in assistant_logits:
-        combined = combined - alpha * torch.relu(torch.log_softmax(logits.float(), dim=-1) + log_v)
+    boosts = torch.stack([torch.relu(torch.log_softmax(a.float(), dim=-1) + log_v) for a in assistant_logits])
+    combined = base - alpha * boosts.amax(dim=0)
     out = torch.full_like(base, NEG_INF)
     out[keep] = combined[keep]
     return out
@@ -118,15 +128,12 @@ class UldHook:
         keep = plausible(logits, self.filter_r, self.min_keep)
         if self.mode == "whp":
             return whp_combine(logits, [a.logits(h) for a, h in zip(self.assistants, hidden)], self.alpha, keep)
-        if self.filter_r > 0:  # only candidates survive: evaluate the assistants' head on them alone
-            idx = keep.nonzero().squeeze(-1)
-            combined = logits[idx].float()
-            for assistant, h in zip(self.assistants, hidden):
-                combined = combined - self.alpha * assistant.logits(h, idx)
-            out = torch.full_like(logits, NEG_INF, dtype=torch.float32)
-            out[idx] = combined
-            return out
-        return uld_combine(logits, [a.logits(h) for a, h in zip(self.assistants, hidden)], self.alpha, keep)
+        # Only candidates survive: evaluate the assistants' head on them alone.
+        idx = keep.nonzero().squeeze(-1)
+        out = torch.full_like(logits, NEG_INF, dtype=torch.float32)
+        term = assistant_term([a.logits(h, idx) for a, h in zip(self.assistants, hidden)])
+        out[idx] = logits[idx].float() - self.alpha * term
+        return out
 
 
 class ForcedContinuation:

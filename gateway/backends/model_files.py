@@ -1,4 +1,4 @@
-"""Find the model to serve and turn a GGUF file into a fast-loading HF directory.
+"""Find the model to serve, turn a GGUF file into a fast-loading HF directory, load an upstream's tokenizer.
 
 Transformers de-quantises a GGUF on every load (~20 s for SmolLM2 on 2 cores).
 We do it once, write plain safetensors into the cache directory and load those
@@ -13,7 +13,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +105,53 @@ def _converted(gguf: Path, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# -- an upstream model's tokenizer ---------------------------------------------------------------------------
+
+
+_tokenizers: dict[tuple[str, str], Any] = {}
+_tokenizers_lock = threading.Lock()
+
+
+def load_tokenizer(spec: str, cache_dir: Path) -> Any:
+    """A Hugging Face tokenizer from an HF directory or a `.gguf` file (extracted once into `cache_dir`).
+
+    Memoised per process: gateways sharing a process (tests, several apps) load it once.
+    """
+    key = (str(Path(spec).expanduser().resolve()), str(cache_dir.resolve()))
+    with _tokenizers_lock:
+        if key not in _tokenizers:
+            _tokenizers[key] = _load_tokenizer(spec, cache_dir)
+        return _tokenizers[key]
+
+
+def _load_tokenizer(spec: str, cache_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise ValueError(f"UNLEARN_UPSTREAM_TOKENIZER: {path} has no tokenizer files and not exactly one .gguf")
+        path = ggufs[0]
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    if not (path.is_file() and path.suffix == ".gguf"):
+        raise ValueError(f"UNLEARN_UPSTREAM_TOKENIZER: {path} is neither an HF directory nor a .gguf file")
+    key = f"{path.stem}-{_fingerprint(path)}"
+    for candidate in (cache_dir / key, cache_dir / f"{key}-tokenizer"):  # converted weights carry one too
+        if (candidate / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(candidate)
+    log.info("extracting the tokenizer of %s into %s (first start only)", path.name, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=cache_dir))
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, cache_dir / f"{key}-tokenizer")
+    except OSError:
+        log.warning("could not cache the tokenizer of %s", path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer

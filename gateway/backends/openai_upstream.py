@@ -4,7 +4,7 @@ Generation is always streamed from the upstream (`stream: true`, with
 `stream_options.include_usage`), whether or not the client asked for a stream, so
 the output gate sees tokens as they arrive and a non-stream answer is simply the
 collected stream. Closing the iterator (client gone, gate blocked) closes the
-httpx stream, and with it the upstream connection: the upstream stops generating.
+upstream connection: the upstream stops generating.
 
 Unlearning on an upstream
 -------------------------
@@ -30,20 +30,14 @@ emitted anyway (the upstream's own token ids when it returns them, otherwise eac
 streamed delta compared with the banned tokens' texts: upstreams stream one token
 per delta) and, if so, counts `unlearn_upstream_ignored_controls` and logs a warning.
 
-Errors: connection refused → 503, timeouts → 504, upstream 5xx or a malformed
-response → 502; upstream 4xx (e.g. context length) keep their status and message,
-except credentials/route problems (401/403/404), which are the gateway's
-configuration and become 502.
+HTTP, pooling and the error mapping (503 / 504 / 502, upstream 4xx kept) live in
+`gateway.backends.upstream_http`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import tempfile
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -53,10 +47,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
 
 from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, TokenLogprob, count_prompt_tokens
+from gateway.backends.model_files import load_tokenizer
+from gateway.backends.upstream_http import (
+    EmptyStream,
+    UpstreamHTTP,
+    bad_upstream,
+    error_fields,
+    events,
+    map_status_error,
+    map_transport_error,
+    read_capped,
+)
 from gateway.backends.vllm_plugin import XARGS_KEY
 
 if TYPE_CHECKING:
@@ -67,145 +72,8 @@ log = logging.getLogger(__name__)
 
 BAN_BIAS = -100.0
 """The strongest bias the OpenAI API accepts; upstreams treat it as a ban."""
-_MAX_ERROR_BODY = 64 * 1024
-_MAX_MESSAGE = 1000
 _BAN_CACHE_SIZE = 32
 _MISSING_LOGPROB = -9999.0  # what vLLM reports for -inf
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-def _unavailable(detail: str) -> BackendError:
-    return BackendError(f"The upstream model server is unavailable ({detail}); retry shortly.", status=503,
-                        code="upstream_unavailable")
-
-
-def _timed_out() -> BackendError:
-    return BackendError("The upstream model server did not answer in time.", status=504, code="upstream_timeout")
-
-
-def _bad_upstream(detail: str) -> BackendError:
-    return BackendError(f"The upstream model server failed: {detail}.", status=502, code="bad_upstream")
-
-
-class _EmptyStream(BackendError):
-    """The upstream answered a stream request with a stream without a single event."""
-
-    def __init__(self) -> None:
-        super().__init__("The upstream model server sent an empty response.", status=502, code="bad_upstream")
-
-
-def map_transport_error(exc: httpx.HTTPError) -> BackendError:
-    """httpx failures → the gateway's errors (503 unreachable, 504 timeout, 502 broken)."""
-    if isinstance(exc, httpx.PoolTimeout):
-        return _unavailable("all connections to it are busy")
-    if isinstance(exc, httpx.TimeoutException):
-        return _timed_out()
-    if isinstance(exc, httpx.ConnectError):
-        return _unavailable("connection refused")
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        return _bad_upstream("the connection broke")
-    return _bad_upstream(type(exc).__name__)
-
-
-def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
-    """(message, code, param) from an OpenAI, vLLM or FastAPI style error body."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None, None
-    if not isinstance(data, dict):
-        return None, None, None
-    err = data.get("error", data)
-    if isinstance(err, str):
-        return err[:_MAX_MESSAGE], None, None
-    if not isinstance(err, dict):
-        return None, None, None
-    message = err.get("message")
-    if message is None and "detail" in err:  # FastAPI
-        detail = err["detail"]
-        message = detail if isinstance(detail, str) else "; ".join(
-            str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in (detail if isinstance(detail, list) else [detail])
-        )
-    code, param = err.get("code"), err.get("param")
-    return (
-        str(message)[:_MAX_MESSAGE] if message else None,
-        code if isinstance(code, str) else None,
-        param if isinstance(param, str) else None,
-    )
-
-
-def map_status_error(status: int, body: bytes) -> BackendError:
-    """An upstream HTTP error → the error the client sees."""
-    message, code, param = _error_fields(body)
-    if status in (401, 403):
-        return _bad_upstream("it rejected the gateway's credentials (check UNLEARN_UPSTREAM_API_KEY)")
-    if status == 404:
-        return _bad_upstream("it does not serve this route or model")
-    if status in (408, 504):
-        return _timed_out()
-    if status == 429:
-        return BackendError(message or "The upstream model server is at capacity; retry shortly.", status=429,
-                            code="rate_limit_exceeded")
-    if status == 503:
-        return _unavailable("HTTP 503")
-    if 400 <= status < 500:
-        return BackendError(message or f"The upstream model server rejected the request (HTTP {status}).",
-                            status=400 if status == 422 else status, code=code or "invalid_request", param=param)
-    return _bad_upstream(f"HTTP {status}")
-
-
-# -- the tokenizer ---------------------------------------------------------------------------
-
-
-_tokenizers: dict[tuple[str, str], Any] = {}
-_tokenizers_lock = threading.Lock()
-
-
-def load_tokenizer(spec: str, cache_dir: Path) -> Any:
-    """A Hugging Face tokenizer from an HF directory or a `.gguf` file (extracted once into `cache_dir`).
-
-    Memoised per process: gateways sharing a process (tests, several apps) load it once.
-    """
-    key = (str(Path(spec).expanduser().resolve()), str(cache_dir.resolve()))
-    with _tokenizers_lock:
-        if key not in _tokenizers:
-            _tokenizers[key] = _load_tokenizer(spec, cache_dir)
-        return _tokenizers[key]
-
-
-def _load_tokenizer(spec: str, cache_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    from gateway.backends.model_files import _fingerprint  # same cache key as the weight conversion
-
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) != 1:
-            raise ValueError(f"UNLEARN_UPSTREAM_TOKENIZER: {path} has no tokenizer files and not exactly one .gguf")
-        path = ggufs[0]
-    if path.is_dir():
-        return AutoTokenizer.from_pretrained(path)
-    if not (path.is_file() and path.suffix == ".gguf"):
-        raise ValueError(f"UNLEARN_UPSTREAM_TOKENIZER: {path} is neither an HF directory nor a .gguf file")
-    key = f"{path.stem}-{_fingerprint(path)}"
-    for candidate in (cache_dir / key, cache_dir / f"{key}-tokenizer"):  # converted weights carry one too
-        if (candidate / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(candidate)
-    log.info("extracting the tokenizer of %s into %s (first start only)", path.name, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=cache_dir))
-    try:
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, cache_dir / f"{key}-tokenizer")
-    except OSError:
-        log.warning("could not cache the tokenizer of %s", path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tokenizer
 
 
 # -- bans ------------------------------------------------------------------------------------
@@ -279,16 +147,15 @@ class OpenAIUpstream:
             raise ValueError(f"upstream kind must be 'openai' or 'vllm', not {kind!r}")
         self.base_url = normalise_base_url(base_url)
         self.kind = kind
-        self._api_key = api_key
         self._tokenizer_spec = tokenizer if isinstance(tokenizer, (str, Path)) else None
         self._tokenizer: Any = None if self._tokenizer_spec else tokenizer
         self._cache_dir = cache_dir
         self._served_name = served_model_name
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._start_timeout = start_timeout
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = UpstreamHTTP(self.base_url, api_key=api_key, timeout=timeout, connect_timeout=connect_timeout,
+                                  max_connections=max_connections)
         self._metrics = metrics
-        self._client: httpx.AsyncClient | None = None
+        self._started = False
         self._upstream_model: str | None = None
         self._upstream_models: list[str] = []
         self._discovery: asyncio.Task | None = None
@@ -326,7 +193,7 @@ class OpenAIUpstream:
 
     @property
     def ready(self) -> bool:
-        return self._client is not None and not self._closed and self._upstream_model is not None
+        return self._started and not self._closed and self._upstream_model is not None
 
     @property
     def tokenizer(self) -> Any | None:
@@ -348,15 +215,14 @@ class OpenAIUpstream:
         else:
             log.warning("UNLEARN_UPSTREAM_TOKENIZER is not set: GUARD cannot ban tokens on the upstream; "
                         "only the output gate protects its answers")
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self._timeout,
-                                         limits=self._limits)
+        self._http.open()
+        self._started = True
         try:
             await self._discover(time.monotonic() + self._start_timeout)
         except BackendError as exc:
             if not self._served_name:
-                await self._client.aclose()
-                self._client = None
+                await self._http.close()
+                self._started = False
                 raise RuntimeError(
                     f"upstream {self.base_url} did not list its models within {self._start_timeout:g} s ({exc}); "
                     "set UNLEARN_SERVED_MODEL_NAME to start without it") from None
@@ -372,12 +238,10 @@ class OpenAIUpstream:
         if self._discovery is not None:
             self._discovery.cancel()
             await asyncio.gather(self._discovery, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        await self._http.close()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        client = self._client
-        if client is None or self._closed:
+        if not self._started or self._closed:
             raise BackendError("The upstream backend is not started.", status=503, code="model_not_ready")
         bans = self._bans(request.banned_sequences)
         path, body = self.payload(request, bans)
@@ -385,14 +249,14 @@ class OpenAIUpstream:
         self._active += 1
         try:
             try:
-                async with aclosing(self._exchange(client, path, body, request, seen, bans is not None)) as chunks:
+                async with aclosing(self._exchange(path, body, request, seen, bans is not None)) as chunks:
                     async for chunk in chunks:
                         yield chunk
-            except _EmptyStream:
+            except EmptyStream:
                 # llama.cpp answers a streamed request that fails before its first token (context
                 # length) with an empty 200 stream; asked again without streaming it says why.
                 body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-                async with aclosing(self._exchange(client, path, body, request, seen, bans is not None)) as chunks:
+                async with aclosing(self._exchange(path, body, request, seen, bans is not None)) as chunks:
                     async for chunk in chunks:
                         yield chunk
         finally:
@@ -400,39 +264,28 @@ class OpenAIUpstream:
             if bans is not None:
                 self._check_controls(bans, seen)
 
-    async def _exchange(self, client: httpx.AsyncClient, path: str, body: dict, request: GenerationRequest,
-                        seen: _Seen, track: bool) -> AsyncIterator[GenerationChunk]:
+    async def _exchange(self, path: str, body: dict, request: GenerationRequest, seen: _Seen,
+                        track: bool) -> AsyncIterator[GenerationChunk]:
         """One upstream call: HTTP errors mapped, the response parsed into chunks as it arrives."""
-        outgoing = client.build_request("POST", path, json=body)
-        try:
+        async with self._http.post(path, body) as response:
+            consumer_closed = False
             try:
-                response = await client.send(outgoing, stream=True)
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                # A pooled keep-alive connection the upstream had just closed (uvicorn drops idle
-                # ones after 5 s): nothing was answered, so send it once more on a fresh one.
-                response = await client.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
-            raise map_transport_error(exc) from None
-        consumer_closed = False
-        try:
-            if response.status_code >= 400:
-                raise map_status_error(response.status_code, await _read_capped(response))
-            try:
-                chunks = self._chunks(response, request, seen, track, streamed=bool(body.get("stream")))
-                async with aclosing(chunks):
-                    async for chunk in chunks:
-                        yield chunk
-            except GeneratorExit:
-                consumer_closed = True
-                raise
-        except httpx.HTTPError as exc:
-            if consumer_closed:  # the connection broke while we were closing it anyway
-                return
-            if body.get("stream") and not seen.events and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
-                raise _EmptyStream() from None  # llama.cpp may also cut such a stream short
-            raise map_transport_error(exc) from None
-        finally:
-            await response.aclose()
+                if response.status >= 400:
+                    raise map_status_error(response.status, await read_capped(response))
+                try:
+                    chunks = self._chunks(response, request, seen, track, streamed=bool(body.get("stream")))
+                    async with aclosing(chunks):
+                        async for chunk in chunks:
+                            yield chunk
+                except GeneratorExit:
+                    consumer_closed = True
+                    raise
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if consumer_closed:  # the connection broke while we were closing it anyway
+                    return
+                if body.get("stream") and not seen.events and isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+                    raise EmptyStream() from None  # llama.cpp may also cut such a stream short
+                raise map_transport_error(exc) from None
 
     # -- request ----------------------------------------------------------------------
 
@@ -509,18 +362,18 @@ class OpenAIUpstream:
 
     # -- response ---------------------------------------------------------------------
 
-    async def _chunks(self, response: httpx.Response, request: GenerationRequest, seen: _Seen,
+    async def _chunks(self, response: aiohttp.ClientResponse, request: GenerationRequest, seen: _Seen,
                       track: bool, *, streamed: bool) -> AsyncIterator[GenerationChunk]:
         chat, want_logprobs = request.messages is not None, request.params.logprobs
         final: GenerationChunk | None = None
-        async for event in _events(response):
+        async for event in events(response):
             seen.events += 1
             if not isinstance(event, dict):
-                raise _bad_upstream("malformed response")
+                raise bad_upstream("malformed response")
             if event.get("error") is not None:
-                message, _, _ = _error_fields(orjson.dumps({"error": event["error"]}))
+                message, _, _ = error_fields(orjson.dumps({"error": event["error"]}))
                 log.error("upstream error mid-stream: %s", message)
-                raise _bad_upstream("it reported an error while generating")
+                raise bad_upstream("it reported an error while generating")
             usage = event.get("usage")
             if isinstance(usage, dict):
                 seen.prompt_tokens = _int(usage.get("prompt_tokens"), seen.prompt_tokens)
@@ -529,10 +382,10 @@ class OpenAIUpstream:
             if choices is None and isinstance(usage, dict):
                 continue
             if not isinstance(choices, list):
-                raise _bad_upstream("malformed response (no choices)")
+                raise bad_upstream("malformed response (no choices)")
             for choice in choices:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    raise _bad_upstream("malformed response (unexpected choice)")
+                    raise bad_upstream("malformed response (unexpected choice)")
                 if final is not None:
                     continue  # nothing may follow the finishing chunk but usage
                 chunk = _parse_choice(choice, chat)
@@ -552,8 +405,8 @@ class OpenAIUpstream:
                     yield chunk
         if final is None:
             if not seen.events and streamed:
-                raise _EmptyStream()
-            raise _bad_upstream("the response ended before the answer was finished")
+                raise EmptyStream()
+            raise bad_upstream("the response ended before the answer was finished")
         if seen.usage_completion_tokens is not None:
             final.completion_tokens = seen.usage_completion_tokens
         elif not seen.prompt_tokens:  # no usage from the upstream (llama.cpp): count the prompt here
@@ -586,25 +439,20 @@ class OpenAIUpstream:
 
     async def _discover(self, deadline: float | None) -> None:
         """GET /models until it answers (or the deadline passes: the last error is raised)."""
-        assert self._client is not None
         delay = 0.1
         while True:
-            timeout = self._timeout
-            if deadline is not None:  # no single attempt may outlast the start timeout
-                cap = max(0.05, deadline - time.monotonic())
-                timeout = httpx.Timeout(min(timeout.read or cap, cap), connect=min(timeout.connect or cap, cap))
+            # no single attempt may outlast the start timeout
+            cap = max(0.05, deadline - time.monotonic()) if deadline is not None else None
             try:
-                response = await self._client.get("/models", timeout=timeout)
-                if response.status_code >= 400:
-                    raise map_status_error(response.status_code, response.content[:_MAX_ERROR_BODY])
-                ids = _model_ids(response.content)
+                status, body = await self._http.get("/models", timeout=cap)
+                if status >= 400:
+                    raise map_status_error(status, body)
+                ids = _model_ids(body)
                 if not ids:
-                    raise _bad_upstream("it lists no models")
+                    raise bad_upstream("it lists no models")
                 self._upstream_models = ids
                 self._upstream_model = self._served_name if self._served_name in ids else ids[0]
                 return
-            except httpx.HTTPError as exc:
-                error = map_transport_error(exc)
             except BackendError as exc:
                 error = exc
             if deadline is not None and time.monotonic() + delay >= deadline:
@@ -629,76 +477,11 @@ def _model_ids(body: bytes) -> list[str]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise _bad_upstream("its model list is not JSON") from None
+        raise bad_upstream("its model list is not JSON") from None
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
-        raise _bad_upstream("its model list is malformed")
+        raise bad_upstream("its model list is malformed")
     return [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    body = bytearray()
-    async for part in response.aiter_bytes():
-        body += part
-        if len(body) >= _MAX_ERROR_BODY:
-            break
-    return bytes(body[:_MAX_ERROR_BODY])
-
-
-async def _events(response: httpx.Response) -> AsyncIterator[Any]:
-    """Decoded JSON payloads of an SSE stream up to `[DONE]`; a plain JSON body counts as one event.
-
-    Parsed on bytes (no text decoding of whole chunks, no per-line strings for what
-    is not a `data:` field), and the body is read to its end after `[DONE]` so the
-    keep-alive connection goes back to the pool instead of being closed.
-    """
-    if "text/event-stream" not in response.headers.get("content-type", ""):
-        raw = await response.aread()  # a server that ignored stream:true
-        try:
-            yield orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise _bad_upstream("malformed response (neither SSE nor JSON)") from None
-        return
-    data: list[bytes] = []
-    buffer = b""
-    stream = response.aiter_bytes()
-    async for part in stream:
-        buffer = buffer + part if buffer else part
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if line:
-                if line.startswith(b"data:"):
-                    data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-                continue  # comments (": ping"), event:, id:, retry:
-            if not data:
-                continue
-            payload, data = b"\n".join(data), []
-            if payload.strip() == b"[DONE]":
-                await _drain(stream)
-                return
-            yield _event_json(payload)
-    tail = buffer.rstrip(b"\r")  # a last line without its newline
-    if tail.startswith(b"data:"):
-        data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
-    if data and b"\n".join(data).strip() != b"[DONE]":  # a last event without its blank line
-        yield _event_json(b"\n".join(data))
-
-
-def _event_json(payload: bytes) -> Any:
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise _bad_upstream("malformed response (an SSE event is not JSON)") from None
-
-
-async def _drain(stream: AsyncIterator[bytes], limit: int = _MAX_ERROR_BODY) -> None:
-    """Read what follows `[DONE]` (normally nothing) so the connection can be reused; give up past `limit`."""
-    seen = 0
-    async for part in stream:
-        seen += len(part)
-        if seen > limit:
-            return
 
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "eos": "stop",
@@ -713,7 +496,7 @@ def _parse_choice(choice: dict, chat: bool) -> GenerationChunk:
     else:
         text = choice.get("text")
     if text is not None and not isinstance(text, str):
-        raise _bad_upstream("malformed response (content is not text)")
+        raise bad_upstream("malformed response (content is not text)")
     ids = choice.get("token_ids")
     token_ids = [int(t) for t in ids if isinstance(t, int)] if isinstance(ids, list) else []
     finish = choice.get("finish_reason")

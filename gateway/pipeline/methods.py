@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gateway.backends.base import LogitsHook
@@ -29,7 +30,7 @@ class RequestContext:
     conversation: list[dict[str, str]]
     targets: TenantTargets
 
-    @property
+    @cached_property
     def text(self) -> str:
         """The whole conversation as one string: detection covers every turn, not just the last."""
         return "\n".join(m["content"] for m in self.conversation)

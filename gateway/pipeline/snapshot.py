@@ -10,6 +10,7 @@ embeddings) are memoised on the snapshot and die with it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class SnapshotProvider:
                     # the next request reload again, never skip a change.
                     snapshot = TargetSnapshot(version=version, targets=await self._store.list())
                     self._snapshot = snapshot
+                    gc.freeze()  # the targets (and their stored embeddings) live until the next change
                 return snapshot
         except StoreUnavailable:
             if not self._fail_open:
