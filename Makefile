@@ -6,9 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 
 # The upstream tests' real peer: llama-cpp-python's OpenAI-compatible server. It builds from source
 # (~8 min), so the wheel is cached outside the clone (CI starts from a fresh one; var/ is ignored).
+# Portable x86-64 build (AVX2, no -march=native): a native build uses AMX where the CPU has it, and
+# virtual machines that do not enable AMX for guests kill the server on its first token (a general
+# protection fault on `ldtilecfg`, seen on this project's CI machines).
 LLAMA_CPP_VERSION ?= 0.3.36
-WHEEL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/unlearn-gateway/wheels
-PEER_STAMP  := $(VENV)/.upstream-peer-$(LLAMA_CPP_VERSION)
+LLAMA_CMAKE_ARGS  ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_BUILD_TAG   ?= avx2
+WHEEL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/unlearn-gateway/wheels/$(LLAMA_BUILD_TAG)
+PEER_STAMP  := $(VENV)/.upstream-peer-$(LLAMA_CPP_VERSION)-$(LLAMA_BUILD_TAG)
 
 .PHONY: setup serve test eval bench clean upstream-peer
 
@@ -25,7 +31,9 @@ setup: $(STAMP)
 $(PEER_STAMP): $(STAMP)
 	mkdir -p '$(WHEEL_CACHE)'
 	ls '$(WHEEL_CACHE)'/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
-		$(PIP) wheel -q --no-deps 'llama-cpp-python==$(LLAMA_CPP_VERSION)' -w '$(WHEEL_CACHE)'
+		CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(PIP) wheel -q --no-cache-dir --no-deps \
+			'llama-cpp-python==$(LLAMA_CPP_VERSION)' -w '$(WHEEL_CACHE)'
+	$(PIP) install -q --force-reinstall --no-deps '$(WHEEL_CACHE)'/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(PIP) install -q --prefer-binary --find-links '$(WHEEL_CACHE)' 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
 	touch $@
 
