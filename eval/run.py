@@ -96,6 +96,9 @@ CONFIGURATIONS: dict[str, Configuration] = {
                       plugins("uld"), methods=("uld",), wait_for_job="uld"),
         Configuration("guard+uld", "targets registered with methods=[guard, uld], after ULD training",
                       plugins("guard", "uld"), methods=("guard", "uld"), wait_for_job="uld"),
+        Configuration("guard+uld@in_play", "as guard+uld, with UNLEARN_ULD_SCOPE=in_play: only the assistants "
+                      "of targets GUARD detects decode", {**plugins("guard", "uld"), "uld_scope": "in_play"},
+                      methods=("guard", "uld"), wait_for_job="uld"),
     )
 }
 
