@@ -110,7 +110,7 @@ def main() -> None:
         sp50, sp99 = percentiles(semantic_times)
         table.add_row(f"{count:,}", f"{index.rows:,}", f"{tp50:.3f}", f"{tp99:.3f}", f"{sp50:.3f}", f"{sp99:.3f}",
                       recall, f"{build_token * 1e3:.0f}", f"{build_semantic * 1e3:.0f}")
-    console = Console()
+    console = Console(width=140)
     console.print(table)
     ep50, ep99 = percentiles(embed_times)
     console.print(f"Embedding a conversation (MiniLM, independent of target count): p50 {ep50:.1f} ms, "
