@@ -7,7 +7,6 @@ globals, so tests can run several independent gateways in one process.
 from __future__ import annotations
 
 import gc
-
 import logging
 import time
 from contextlib import asynccontextmanager

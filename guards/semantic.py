@@ -341,11 +341,7 @@ class SemanticDetector:
     async def detect_async(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
         """`detect` for the event loop: units seen before (a conversation re-sends its history)
         cost a cache lookup; new ones are embedded in a worker thread unless cached."""
-        units = conversation_units(messages, self.max_units) if len(index) else []
-        if not units:
-            return {}
-        hits = index.cached_hits(units, self.threshold)
-        missing = [u for u, h in zip(units, hits) if h is None]
+        hits, missing = self._lookup(messages, index)
         if missing:
             vectors = self.embedder.cached(missing)
             if vectors is None:
@@ -355,14 +351,17 @@ class SemanticDetector:
 
     def detect(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> dict[str, float]:
         """``{target_id: score}`` for the targets the conversation is about (empty if none)."""
-        units = conversation_units(messages, self.max_units) if len(index) else []
-        if not units:
-            return {}  # nothing to match: skip the forward pass
-        hits = index.cached_hits(units, self.threshold)
-        missing = [u for u, h in zip(units, hits) if h is None]
+        hits, missing = self._lookup(messages, index)
         if missing:
             hits = self._fill(index, hits, missing, self.embedder.encode(missing))
         return merge_hits(hits)
+
+    def _lookup(self, messages: Sequence[Mapping[str, Any]], index: SemanticIndex) -> tuple[list, list[str]]:
+        """The conversation's units' remembered hits (None where not yet scored) and the units to embed.
+        An empty index has nothing to match: no units, no forward pass."""
+        units = conversation_units(messages, self.max_units) if len(index) else []
+        hits = index.cached_hits(units, self.threshold)
+        return hits, [u for u, h in zip(units, hits) if h is None]
 
     def _fill(self, index: SemanticIndex, hits: list, missing: list[str], vectors: np.ndarray) -> list:
         fresh = index.unit_hits(vectors, self.threshold)

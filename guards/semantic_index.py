@@ -86,10 +86,7 @@ class SemanticIndex:
         if not self.ids or queries.shape[0] == 0:
             return [{} for _ in range(queries.shape[0])]
         if self._codes is None:
-            per_target = np.empty((queries.shape[0], len(self.ids)), dtype=np.float32)
-            for lo, hi in _target_chunks(self._starts, self.rows):
-                sims = queries @ self._matrix[self._starts[lo]:self._row_end(hi)].T
-                per_target[:, lo:hi] = np.maximum.reduceat(sims, self._starts[lo:hi] - self._starts[lo], axis=1)
+            per_target = self._exact_per_target(queries)
             return [{self.ids[i]: float(row[i]) for i in np.flatnonzero(row >= threshold)} for row in per_target]
         _, candidates = self._codes.search(queries, min(CANDIDATES, self.rows))
         hits: list[dict[str, float]] = []
@@ -129,11 +126,15 @@ class SemanticIndex:
         queries = _queries(query_vectors)
         if not self.ids or queries.shape[0] == 0:
             return np.full(len(self.ids), -1.0, dtype=np.float32)
-        per_row = np.empty(self.rows, dtype=np.float32)
-        for lo in range(0, self.rows, _CHUNK_ROWS):
-            hi = min(lo + _CHUNK_ROWS, self.rows)
-            per_row[lo:hi] = (queries @ self._matrix[lo:hi].T).max(axis=0)
-        return np.maximum.reduceat(per_row, self._starts)
+        return self._exact_per_target(queries).max(axis=0)
+
+    def _exact_per_target(self, queries: np.ndarray) -> np.ndarray:
+        """(queries, targets): each query's best cosine over each target's passages, every row scored."""
+        per_target = np.empty((queries.shape[0], len(self.ids)), dtype=np.float32)
+        for lo, hi in _target_chunks(self._starts, self.rows):
+            sims = queries @ self._matrix[self._starts[lo]:self._row_end(hi)].T
+            per_target[:, lo:hi] = np.maximum.reduceat(sims, self._starts[lo:hi] - self._starts[lo], axis=1)
+        return per_target
 
 
 def merge_hits(hits: Sequence[dict[str, float]]) -> dict[str, float]:

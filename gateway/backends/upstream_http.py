@@ -170,13 +170,14 @@ class UpstreamHTTP:
                 response.close()
 
     async def get(self, path: str, timeout: float | None = None) -> tuple[int, bytes]:
-        """GET → (status, body up to `MAX_ERROR_BODY`), errors mapped."""
+        """GET → (status, body: whole on success, up to `MAX_ERROR_BODY` on an error), errors mapped."""
         assert self._session is not None, "UpstreamHTTP.open() first"
         cap = min(timeout, self.timeout) if timeout is not None else self.timeout
         timeouts = self._timeouts(cap, min(cap, self.connect_timeout))
         try:
             async with self._session.get(self.base_url + path, timeout=timeouts) as response:
-                return response.status, await read_capped(response)
+                body = await (read_capped(response) if response.status >= 400 else response.read())
+                return response.status, body
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise map_transport_error(exc) from None
 
