@@ -3,7 +3,9 @@
 Raw ASGI on uvicorn (uvloop + httptools), so the upstream costs as little as a
 Python server can and the benchmark measures the gateway, not the fake. Chat and
 completions answer `--tokens` one-token deltas (stream) or one JSON body
-(non-stream), with usage; `/v1/models` lists one model.
+(non-stream), with usage; `/v1/models` lists one model. Streams go out as fast as
+the socket takes them, or one delta every `interval_ms` like a model decoding
+(set per run with `POST /_bench/pacing {"interval_ms": 1.0}`).
 
     python bench/fake_upstream.py --port 9100 --tokens 16
 """
@@ -11,6 +13,7 @@ completions answer `--tokens` one-token deltas (stream) or one JSON body
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import orjson
 
@@ -59,6 +62,8 @@ def make_app(tokens: int):
             if not message.get("more_body"):
                 return b"".join(parts)
 
+    pacing = {"interval_s": 0.0}
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
@@ -66,6 +71,11 @@ def make_app(tokens: int):
             await send({"type": "lifespan.shutdown.complete"})
             return
         path = scope["path"]
+        if path == "/_bench/pacing":
+            pacing["interval_s"] = float(orjson.loads(await read_body(receive))["interval_ms"]) / 1000
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if path == "/v1/models":
             await send({"type": "http.response.start", "status": 200, "headers": json_headers})
             await send({"type": "http.response.body", "body": models_body})
@@ -81,7 +91,10 @@ def make_app(tokens: int):
             await send({"type": "http.response.body", "body": chat_body if chat else text_body})
             return
         await send({"type": "http.response.start", "status": 200, "headers": sse_headers})
-        for chunk in chat_stream if chat else text_stream:
+        interval = pacing["interval_s"]
+        for i, chunk in enumerate(chat_stream if chat else text_stream):
+            if interval and i:
+                await asyncio.sleep(interval)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if (request.get("stream_options") or {}).get("include_usage"):
             await send({"type": "http.response.body", "body": usage_chunk("chat.completion.chunk" if chat

@@ -68,6 +68,7 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, stop_at: f
             if stream:
                 events = exchange.events
                 results["ttft"].append(events[0] - started)
+                results["events"].append(len(events))
                 results["gaps"].extend(b - a for a, b in zip(events, events[1:]))
             results["ok"] += 1
     except (OSError, ConnectionError, httptools.HttpParserError) as exc:
@@ -101,7 +102,7 @@ async def run(url: str, *, concurrency: int, duration: float, warmup: float, str
     if api_key:
         head += f"Authorization: Bearer {api_key}\r\n"
     request = (head + "\r\n").encode() + body
-    results: dict = {"ok": 0, "errors": 0, "latency": [], "ttft": [], "gaps": []}
+    results: dict = {"ok": 0, "errors": 0, "latency": [], "ttft": [], "gaps": [], "events": []}
     now = time.perf_counter()
     record_from, stop_at = now + warmup, now + warmup + duration
     await asyncio.gather(*(_worker(host, port, request, stream, stop_at, record_from, results)
@@ -112,6 +113,7 @@ async def run(url: str, *, concurrency: int, duration: float, warmup: float, str
         "error_kinds": sorted(set(results.get("error_kinds", []))),
         "rps": results["ok"] / elapsed, "latency_ms": _percentiles(results["latency"]),
         "ttft_ms": _percentiles(results["ttft"]), "gap_ms": _percentiles(results["gaps"]),
+        "events_per_response": sum(results["events"]) / len(results["events"]) if results["events"] else None,
     }
 
 

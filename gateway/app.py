@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
+from starlette.middleware import Middleware
 from starlette.responses import Response
 
 from gateway.admin.api_router import router as admin_router
@@ -21,8 +22,10 @@ from gateway.admin.service import TargetAdmin
 from gateway.auth import AdminAuth, ClientAuth
 from gateway.backends.base import Backend
 from gateway.errors import install_error_handlers
+from gateway.fast_routes import GatewayApp
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import BodyLimit, RequestMetrics
+from gateway.openai.api_router import chat_completions, completions
 from gateway.openai.api_router import router as openai_router
 from gateway.openai.serving import OpenAIServing
 from gateway.pipeline.methods import MethodRegistry, UnlearningMethod
@@ -125,7 +128,12 @@ def create_app(settings: Settings, *, backend: Backend | None = None, store: Tar
     # FastAPI's native OpenTelemetry hooks look up the tracer provider (an environment read) on
     # every request, ~3 % of the proxy path; the gateway exports its own Prometheus metrics.
     no_otel = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    app = FastAPI(title="unlearn-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=no_otel)
+    middleware = [  # outermost first; the directly served routes get the same stack
+        Middleware(RequestMetrics, metrics=metrics),
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, admin_max_bytes=settings.max_admin_body_bytes),
+    ]
+    app = GatewayApp(title="unlearn-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry=no_otel,
+                     middleware=middleware)
     app.state.settings = settings
     app.state.started_at = None
     app.state.metrics = metrics
@@ -135,8 +143,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None, store: Tar
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(admin_router)
-    app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, admin_max_bytes=settings.max_admin_body_bytes)
+    app.serve_directly("POST", "/v1/chat/completions", chat_completions)
+    app.serve_directly("POST", "/v1/completions", completions)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -161,3 +169,11 @@ def create_app(settings: Settings, *, backend: Backend | None = None, store: Tar
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app of one server process when `--workers` starts several (settings from `UNLEARN_*`)."""
+    settings = Settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)

@@ -64,34 +64,32 @@ def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     return APIError(400, message, code="invalid_request", param=param)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> Response:
+def exception_response(exc: Exception) -> Response:
+    """Any exception a request raised → the OpenAI-format error the client gets (one mapping for
+    FastAPI's handlers and the raw generation routes)."""
+    if isinstance(exc, APIError):
         return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
+    if isinstance(exc, RequestValidationError):
         err = validation_error(exc)
         return error_response(err.status, err.message, code=err.code, param=err.param)
-
-    @app.exception_handler(BackendError)
-    async def _backend(_: Request, exc: BackendError) -> Response:
+    if isinstance(exc, BackendError):
         return error_response(exc.status, str(exc), code=exc.code, param=exc.param)
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store(_: Request, exc: StoreUnavailable) -> Response:
+    if isinstance(exc, StoreUnavailable):
         log.error("target store unavailable: %s", exc)
         return error_response(503, "The service is temporarily unavailable; retry shortly.",
                               code="service_unavailable")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc, StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "Request failed"
         if exc.status_code == 404:
             message = "Not found: unknown route."
         return error_response(exc.status_code, message, headers=exc.headers)  # e.g. 405 keeps `Allow`
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "The server had an error while processing your request.", code="internal_error")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "The server had an error while processing your request.", code="internal_error")
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(_: Request, exc: Exception) -> Response:
+        return exception_response(exc)
+
+    for kind in (APIError, RequestValidationError, BackendError, StoreUnavailable, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handle)

@@ -1,8 +1,16 @@
-"""Prometheus metrics, one registry per app instance (tests run several apps in one process)."""
+"""Prometheus metrics, one registry per app instance (tests run several apps in one process).
+
+With several server processes (`--workers`), `PROMETHEUS_MULTIPROC_DIR` is set before
+they start: every process writes its values there and `/metrics`, whichever process
+answers it, reports the sum over all of them (prometheus-client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -32,7 +40,9 @@ class GatewayMetrics:
             "Upstream answers that contained a token the gateway had banned (logit_bias ignored); the gate still ran",
             registry=r,
         )
-        self.targets_active = Gauge("unlearn_targets_active", "Active forget targets (all tenants)", registry=r)
+        # Every process reads the same store: the most recently set value is the current one.
+        self.targets_active = Gauge("unlearn_targets_active", "Active forget targets (all tenants)", registry=r,
+                                    multiprocess_mode="mostrecent")
         self.alu_requests = Counter(
             "unlearn_alu_requests", "Drafts the ALU agent chain handled, by outcome", ["outcome"], registry=r
         )
@@ -51,4 +61,8 @@ class GatewayMetrics:
         )
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

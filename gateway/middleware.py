@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import error_response
+from gateway.errors import APIError, exception_response
 from gateway.metrics import GatewayMetrics
 
 
@@ -25,7 +26,7 @@ class BodyLimit:
         limit = self.admin_max_bytes if scope["path"].startswith("/admin/") else self.max_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._too_large(limit, scope, receive, send)
+                await exception_response(BodyTooLarge(limit))(scope, receive, send)
                 return
         seen = 0
 
@@ -35,23 +36,18 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    raise BodyTooLarge(limit)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._too_large(limit, scope, receive, send)
-
-    @staticmethod
-    async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"Request body too large: the limit is {limit} bytes.",
-                                  code="request_too_large")
-        await response(scope, receive, send)
+        except BodyTooLarge as exc:  # raised through handlers that did not turn it into its 413
+            await exception_response(exc)(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(APIError):
+    def __init__(self, limit: int):
+        super().__init__(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
 
 
 class RequestMetrics:
@@ -60,6 +56,14 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics):
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, ...], Any] = {}  # labelled series, looked up once each
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,13 +76,13 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self.metrics.latency.labels(route=_route(scope)).observe(time.perf_counter() - started)
+                self._child(self.metrics.latency, _route(scope)).observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            self.metrics.requests.labels(route=_route(scope), method=scope["method"], status=str(status)).inc()
+            self._child(self.metrics.requests, _route(scope), scope["method"], str(status)).inc()
 
 
 def _route(scope: Scope) -> str:

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(default=1, ge=1, description="server processes; more than 1 only with the openai backend")
     backend: Literal["local", "openai"] = "local"
     model: str | None = Field(default=None, description="HF model dir or .gguf; default: bundled SmolLM2")
     served_model_name: str | None = None

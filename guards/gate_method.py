@@ -49,13 +49,17 @@ def name_index(targets: TenantTargets) -> NameIndex:
     return targets.memo("output-gate:names", lambda: NameIndex.build(targets.active))
 
 
+def names_in_conversation(ctx: RequestContext) -> Mapping[str, float]:
+    """The targets a request's conversation names (score 1.0); scanned once, read by several methods."""
+    return ctx.memo("output-gate:names-in-text", lambda: name_index(ctx.targets).targets_in(ctx.text))
+
+
 class OutputGateMethod(UnlearningMethod):
     name = "output_gate"
     selectable = False
 
     async def detect(self, ctx: RequestContext) -> Mapping[str, float]:
-        index = name_index(ctx.targets)
-        return {} if index.matcher.empty else index.targets_in(ctx.text)
+        return names_in_conversation(ctx)
 
     def plan(self, ctx: RequestContext, detection: Detection) -> MethodPlan | None:
         index = name_index(ctx.targets)

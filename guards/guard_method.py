@@ -30,7 +30,7 @@ from typing import Any, Literal
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext, UnlearningMethod
 from gateway.store.models import ForgetTarget
 from guards.fuzzy_terms import FuzzyTermIndex
-from guards.gate_method import NameIndex, name_index
+from guards.gate_method import NameIndex, name_index, names_in_conversation
 from guards.key_terms import cue_terms, floor_names, fuzzy_terms, key_terms
 from guards.output_gate import ForbiddenMatcher
 from guards.semantic import (
@@ -90,7 +90,7 @@ class GuardMethod(UnlearningMethod):
         """Token and semantic detection over all active targets: other methods rely on it too."""
         if not ctx.targets.active:
             return {}
-        scores = name_index(ctx.targets).targets_in(ctx.text)
+        scores = dict(names_in_conversation(ctx))
         # Built once per snapshot, off the event loop (seconds at 100k targets).
         cues, typos = ctx.targets.memoized("guard:term-indexes") or await asyncio.to_thread(self._term_indexes, ctx)
         for target_id, score in cues.targets_in(ctx.text, score=CUE_SCORE).items():

@@ -34,10 +34,12 @@ i/l merge; the matcher uses it to confirm hits of very short aliases, where
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Normalised", "normalise", "squeeze", "fold_char", "trailing_letter_run", "SEPARATORS"]
+__all__ = ["Normalised", "normalise", "squeeze", "squeeze_append", "fold_char", "trailing_letter_run", "SEPARATORS"]
 
 # Single-char separators allowed between spaced-out letters (after folding).
 SEPARATORS = frozenset(" .,/*+':;~=·•∙⋅‧\\")
@@ -71,7 +73,7 @@ class Normalised:
     """Folded text plus, per folded char, the index of its raw char."""
 
     text: str
-    origin: list[int]
+    origin: Sequence[int]
 
     def raw_span(self, start: int, end: int) -> tuple[int, int]:
         """Raw [start, end) covering normalised chars [start, end), end > start."""
@@ -147,8 +149,35 @@ def _symbol(text: str, i: int, ch: str, prev_alnum: bool, table: dict[str, str])
     return ch
 
 
+def _ascii_fast_path(strict: bool) -> tuple[dict[int, str], re.Pattern[str]]:
+    """A `str.translate` table for the ASCII chars that fold to exactly one char on their own,
+    and a pattern for the ASCII chars that do not (invisible controls, contextual leet symbols)."""
+    table = _STRICT if strict else _LOOSE
+    simple = {c: table[chr(c)] for c in range(128) if len(table[chr(c)]) == 1 and table[chr(c)] != _CTX}
+    hard = "".join(chr(c) for c in range(128) if c not in simple)
+    return simple, re.compile("[%s]" % re.escape(hard))
+
+
+_FAST = {strict: _ascii_fast_path(strict) for strict in (False, True)}
+# Two single alphanumerics apart by 1-3 separators: the start of a run `_collapse_letter_runs` may join.
+_LETTER_RUN = re.compile(r"(?<![a-z0-9])[a-z0-9][ .,/*+':;~=\\]{1,3}[a-z0-9](?![a-z0-9])")
+
+
 def normalise(text: str, *, strict: bool = False) -> Normalised:
     """Fold ``text`` for matching (see module docstring) keeping raw origins."""
+    if text.isascii():
+        # Most text is plain ASCII where every char folds to one char: one C-level translate,
+        # origins are the identity. Anything else (a whitespace run to collapse, a spaced-out
+        # word, a leet symbol, a control char) takes the general path below.
+        fold, hard = _FAST[strict]
+        if hard.search(text) is None:
+            out = text.translate(fold)
+            if "  " not in out and _LETTER_RUN.search(out) is None:
+                return Normalised(out, range(len(text)))
+    return _normalise_general(text, strict)
+
+
+def _normalise_general(text: str, strict: bool) -> Normalised:
     table = _STRICT if strict else _LOOSE
     out: list[str] = []
     org: list[int] = []
@@ -209,6 +238,17 @@ def _collapse_letter_runs(out: list[str], org: list[int]) -> None:
         del org[a:b]
 
 
+_SQUEEZE_WORK = re.compile(r"[\x00-\x1f\x7f]|  ")  # what `squeeze` changes in ASCII text
+
+
+def squeeze_append(squeezed: str, text: str) -> str:
+    """``squeeze(squeezed + text)`` for an already squeezed ``squeezed``, looking only at ``text``."""
+    more = squeeze(text)
+    if more.startswith(" ") and squeezed.endswith(" "):
+        more = more[1:]
+    return squeezed + more
+
+
 def squeeze(text: str) -> str:
     """Drop invisible chars and collapse whitespace runs to one space.
 
@@ -216,6 +256,8 @@ def squeeze(text: str) -> str:
     its released-context window squeezed so that padding with invisible chars
     or whitespace cannot push a name prefix out of that window.
     """
+    if text.isascii() and _SQUEEZE_WORK.search(text) is None:
+        return text  # plain ASCII without controls, tabs, newlines or double spaces: nothing to do
     out: list[str] = []
     for ch in text:
         f = _LOOSE.get(ch)

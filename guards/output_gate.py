@@ -27,13 +27,16 @@ from dataclasses import dataclass
 
 import ahocorasick
 
-from guards.normalize import Normalised, fold_char, normalise, squeeze, trailing_letter_run
+from guards.normalize import Normalised, fold_char, normalise, squeeze_append, trailing_letter_run
 
 __all__ = ["Match", "ForbiddenMatcher", "GateStep", "StreamGate", "redact"]
 
 SHORT_KEY = 4  # keys shorter than this need word boundaries
 B64_MIN_RUN = 8  # shortest base64 run worth decoding / holding back
 _B64_DEPTH = 2
+_ENCODED_CACHE_SIZE = 4096  # runs remembered per matcher (a matcher lives for one target snapshot)
+_HEAD = 3  # key-start length `hold_back` pre-filters on
+_ENCODED_CACHE_RUN = 64  # only word-sized runs: long ones are rare and would make the cache large
 _B64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{%d,}" % B64_MIN_RUN)
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
 _URLSAFE = str.maketrans("-_", "+/")
@@ -100,7 +103,7 @@ def _build(keys: dict[str, object]) -> ahocorasick.Automaton | None:
 class ForbiddenMatcher:
     """Immutable multi-pattern matcher over normalised text; build once per snapshot."""
 
-    __slots__ = ("_long", "_short", "_max_len", "_count")
+    __slots__ = ("_long", "_short", "_max_len", "_count", "_encoded_hits", "_heads")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         long_keys: dict[str, tuple[int, int]] = {}
@@ -125,6 +128,13 @@ class ForbiddenMatcher:
         self._short = _build(short_keys)
         self._max_len = max(map(len, [*long_keys, *short_keys]), default=0)
         self._count = count
+        # The first 3 chars of every key: a text of 3+ chars whose start is not among them cannot
+        # be a key prefix, so `hold_back` skips most positions without asking the automata.
+        self._heads = frozenset(key[:_HEAD] for key in [*long_keys, *short_keys] if len(key) >= _HEAD)
+        # base64-looking run -> pattern hit inside its decodings (or None). Ordinary long words
+        # ("sentence", "something") look like base64 and recur in every other prompt and answer;
+        # the matcher never changes, so what a run decodes to is looked at once.
+        self._encoded_hits: dict[tuple[str, int], int | None] = {}
 
     @property
     def empty(self) -> bool:
@@ -189,12 +199,27 @@ class ForbiddenMatcher:
         for run in _B64_RUN.finditer(text):
             if run.end() <= min_end:
                 continue
-            for decoded in _b64_decodings(run.group()):
-                hit = self._scan(decoded, normalise(decoded), True, 0, long_only=True)
-                if hit is None and depth > 1:
-                    hit = self._scan_encoded(decoded, 0, depth - 1)
-                if hit is not None:
-                    return Match(run.start(), run.end(), hit.pattern, encoded=True)
+            key = (run.group(), depth)
+            if key in self._encoded_hits:
+                pattern = self._encoded_hits[key]
+            else:
+                pattern = self._decoded_pattern(key[0], depth)
+                if len(key[0]) <= _ENCODED_CACHE_RUN:
+                    if len(self._encoded_hits) >= _ENCODED_CACHE_SIZE:
+                        self._encoded_hits.clear()
+                    self._encoded_hits[key] = pattern
+            if pattern is not None:
+                return Match(run.start(), run.end(), pattern, encoded=True)
+        return None
+
+    def _decoded_pattern(self, run: str, depth: int) -> int | None:
+        """The pattern found in what `run` decodes to (nested `depth` levels deep), or None."""
+        for decoded in _b64_decodings(run):
+            hit = self._scan(decoded, normalise(decoded), True, 0, long_only=True)
+            if hit is None and depth > 1:
+                hit = self._scan_encoded(decoded, 0, depth - 1)
+            if hit is not None:
+                return hit.pattern
         return None
 
     def hold_back(self, text: str, *, norm: Normalised | None = None) -> int:
@@ -213,7 +238,10 @@ class ForbiddenMatcher:
         nt = norm if norm is not None else normalise(text)
         s, n = nt.text, len(nt.text)
         hold = 0
+        heads = self._heads
         for k in range(max(0, n - self._max_len), n):
+            if n - k >= _HEAD and s[k : k + _HEAD] not in heads:
+                continue
             if self._is_prefix(s[k:], k == 0 or not s[k - 1].isalnum()):
                 hold = len(text) - nt.origin[k]
                 break
@@ -328,7 +356,7 @@ class StreamGate:
         cut = max(cut, 0)
         out, self._pending = self._pending[:cut], self._pending[cut:]
         if out:
-            self._tail = squeeze(self._tail + out)[-self._tail_chars :]
+            self._tail = squeeze_append(self._tail, out)[-self._tail_chars :]
         return GateStep(out, False)
 
 

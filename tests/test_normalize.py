@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import string
 
 import pytest
 
-from guards.normalize import fold_char, normalise, squeeze, trailing_letter_run
+from guards.normalize import fold_char, normalise, squeeze, squeeze_append, trailing_letter_run
 
 
 def n(text: str, **kw: bool) -> str:
@@ -165,7 +166,7 @@ def test_origin_properties_random() -> None:
         nt = normalise(raw)
         assert len(nt.origin) == len(nt.text)
         assert all(0 <= o < len(raw) for o in nt.origin)
-        assert nt.origin == sorted(nt.origin)
+        assert list(nt.origin) == sorted(nt.origin)
         for ch, o in zip(nt.text, nt.origin):
             assert ch == " " or ch in fold_char(raw[o]) or ch in "aisi" or raw[o] in "@$!|", (raw, ch, o)
 
@@ -192,3 +193,31 @@ def test_fold_char() -> None:
     assert fold_char("\n") == " "
     assert fold_char("$") == "$"
     assert fold_char("Ł") == "i" and fold_char("Ł", strict=True) == "l"
+
+
+def test_the_ascii_fast_path_folds_exactly_like_the_general_path() -> None:
+    """Plain ASCII skips the per-char loop; it must give the same text and origins, or fall back."""
+    from guards.normalize import _normalise_general
+
+    rng = random.Random(7)
+    tricky = string.ascii_letters + string.digits + "  .,-_!|@$'\";:/*+~=\\\t\n?()\x00\x7f"
+    took_fast_path = 0
+    for _ in range(20_000):
+        pool = tricky if rng.random() < 0.5 else string.ascii_lowercase + " .'"
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 30)))
+        for strict in (False, True):
+            fast, general = normalise(text, strict=strict), _normalise_general(text, strict)
+            took_fast_path += isinstance(fast.origin, range)
+            assert (fast.text, list(fast.origin)) == (general.text, list(general.origin)), (text, strict)
+    assert took_fast_path > 10_000  # the fast path is really taken for ordinary text
+
+
+def test_squeeze_fast_path_and_append_match_the_whole_squeeze() -> None:
+    rng = random.Random(11)
+    pool = string.ascii_letters + "  \t\n\r\x00\x0b\x1c\u200b\u00a0é"
+    for _ in range(20_000):
+        a = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        b = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        assert squeeze_append(squeeze(a), b) == squeeze(a + b), (a, b)
+    assert squeeze("plain text, nothing to do.") == "plain text, nothing to do."
+    assert squeeze("two  spaces\tand a tab") == "two spaces and a tab"

@@ -50,18 +50,17 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, TokenLogprob, count_prompt_tokens
+from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, count_prompt_tokens
 from gateway.backends.model_files import load_tokenizer
 from gateway.backends.upstream_http import (
     EmptyStream,
     UpstreamHTTP,
     bad_upstream,
-    error_fields,
-    events,
     map_status_error,
     map_transport_error,
     read_capped,
 )
+from gateway.backends.upstream_stream import StreamRecord, upstream_chunks
 from gateway.backends.vllm_plugin import XARGS_KEY
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ log = logging.getLogger(__name__)
 BAN_BIAS = -100.0
 """The strongest bias the OpenAI API accepts; upstreams treat it as a ban."""
 _BAN_CACHE_SIZE = 32
-_MISSING_LOGPROB = -9999.0  # what vLLM reports for -inf
 
 
 # -- bans ------------------------------------------------------------------------------------
@@ -105,19 +103,6 @@ class UpstreamBans:
                 if tuple(ids[i : i + len(seq)]) == seq:
                     return True
         return False
-
-
-@dataclass
-class _Seen:
-    """What one generation produced, for usage and the ignored-control check."""
-
-    events: int = 0
-    deltas: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    exact_ids: bool = False
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    usage_completion_tokens: int | None = None
 
 
 # -- the backend -----------------------------------------------------------------------------
@@ -245,7 +230,7 @@ class OpenAIUpstream:
             raise BackendError("The upstream backend is not started.", status=503, code="model_not_ready")
         bans = self._bans(request.banned_sequences)
         path, body = self.payload(request, bans)
-        seen = _Seen()
+        seen = StreamRecord()
         self._active += 1
         try:
             try:
@@ -264,7 +249,7 @@ class OpenAIUpstream:
             if bans is not None:
                 self._check_controls(bans, seen)
 
-    async def _exchange(self, path: str, body: dict, request: GenerationRequest, seen: _Seen,
+    async def _exchange(self, path: str, body: dict, request: GenerationRequest, seen: StreamRecord,
                         track: bool) -> AsyncIterator[GenerationChunk]:
         """One upstream call: HTTP errors mapped, the response parsed into chunks as it arrives."""
         async with self._http.post(path, body) as response:
@@ -273,7 +258,10 @@ class OpenAIUpstream:
                 if response.status >= 400:
                     raise map_status_error(response.status, await read_capped(response))
                 try:
-                    chunks = self._chunks(response, request, seen, track, streamed=bool(body.get("stream")))
+                    chunks = upstream_chunks(
+                        response, seen, chat=request.messages is not None, want_logprobs=request.params.logprobs,
+                        track=track, streamed=bool(body.get("stream")),
+                        count_prompt=lambda: count_prompt_tokens(self._tokenizer, request))
                     async with aclosing(chunks):
                         async for chunk in chunks:
                             yield chunk
@@ -362,59 +350,7 @@ class OpenAIUpstream:
 
     # -- response ---------------------------------------------------------------------
 
-    async def _chunks(self, response: aiohttp.ClientResponse, request: GenerationRequest, seen: _Seen,
-                      track: bool, *, streamed: bool) -> AsyncIterator[GenerationChunk]:
-        chat, want_logprobs = request.messages is not None, request.params.logprobs
-        final: GenerationChunk | None = None
-        async for event in events(response):
-            seen.events += 1
-            if not isinstance(event, dict):
-                raise bad_upstream("malformed response")
-            if event.get("error") is not None:
-                message, _, _ = error_fields(orjson.dumps({"error": event["error"]}))
-                log.error("upstream error mid-stream: %s", message)
-                raise bad_upstream("it reported an error while generating")
-            usage = event.get("usage")
-            if isinstance(usage, dict):
-                seen.prompt_tokens = _int(usage.get("prompt_tokens"), seen.prompt_tokens)
-                seen.usage_completion_tokens = _int(usage.get("completion_tokens"), 0)
-            choices = event.get("choices")
-            if choices is None and isinstance(usage, dict):
-                continue
-            if not isinstance(choices, list):
-                raise bad_upstream("malformed response (no choices)")
-            for choice in choices:
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    raise bad_upstream("malformed response (unexpected choice)")
-                if final is not None:
-                    continue  # nothing may follow the finishing chunk but usage
-                chunk = _parse_choice(choice, chat)
-                if chunk.token_ids:
-                    seen.exact_ids = True
-                    seen.token_ids.extend(chunk.token_ids)
-                if chunk.text or chunk.token_ids or chunk.logprobs:
-                    seen.completion_tokens += max(1, len(chunk.token_ids), len(chunk.logprobs))
-                    if track:
-                        seen.deltas.append(chunk.text)
-                if not want_logprobs:
-                    chunk.logprobs = []
-                chunk.prompt_tokens, chunk.completion_tokens = seen.prompt_tokens, seen.completion_tokens
-                if chunk.finish_reason is not None:
-                    final = chunk  # held until the usage that follows it
-                elif chunk.text or chunk.logprobs:
-                    yield chunk
-        if final is None:
-            if not seen.events and streamed:
-                raise EmptyStream()
-            raise bad_upstream("the response ended before the answer was finished")
-        if seen.usage_completion_tokens is not None:
-            final.completion_tokens = seen.usage_completion_tokens
-        elif not seen.prompt_tokens:  # no usage from the upstream (llama.cpp): count the prompt here
-            seen.prompt_tokens = count_prompt_tokens(self._tokenizer, request)
-        final.prompt_tokens = seen.prompt_tokens
-        yield final
-
-    def _check_controls(self, bans: UpstreamBans, seen: _Seen) -> None:
+    def _check_controls(self, bans: UpstreamBans, seen: StreamRecord) -> None:
         """Count generations where the upstream emitted a banned token despite the controls."""
         try:
             if seen.exact_ids:
@@ -482,71 +418,3 @@ def _model_ids(body: bytes) -> list[str]:
     if not isinstance(items, list):
         raise bad_upstream("its model list is malformed")
     return [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
-
-
-_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "eos": "stop",
-           "tool_calls": "stop", "function_call": "stop", "abort": "stop"}
-
-
-def _parse_choice(choice: dict, chat: bool) -> GenerationChunk:
-    if chat:
-        part = choice.get("delta") if "delta" in choice else choice.get("message")
-        part = part if isinstance(part, dict) else {}
-        text = part.get("content")
-    else:
-        text = choice.get("text")
-    if text is not None and not isinstance(text, str):
-        raise bad_upstream("malformed response (content is not text)")
-    ids = choice.get("token_ids")
-    token_ids = [int(t) for t in ids if isinstance(t, int)] if isinstance(ids, list) else []
-    finish = choice.get("finish_reason")
-    return GenerationChunk(
-        text=text or "",
-        token_ids=token_ids,
-        logprobs=_logprobs(choice.get("logprobs"), chat),
-        finish_reason=_FINISH.get(finish, "stop") if finish else None,
-    )
-
-
-def _logprobs(raw: Any, chat: bool) -> list[TokenLogprob]:
-    if not isinstance(raw, dict):
-        return []
-    out: list[TokenLogprob] = []
-    if chat:
-        for entry in raw.get("content") or []:
-            if not isinstance(entry, dict):
-                continue
-            token = str(entry.get("token", ""))
-            top = tuple(
-                (str(alt.get("token", "")), _float(alt.get("logprob")), _bytes(alt.get("bytes"), str(alt.get("token", ""))))
-                for alt in entry.get("top_logprobs") or [] if isinstance(alt, dict)
-            )
-            out.append(TokenLogprob(token, _float(entry.get("logprob")), _bytes(entry.get("bytes"), token), top))
-        return out
-    tokens = raw.get("tokens") or []
-    values = raw.get("token_logprobs") or []
-    tops = raw.get("top_logprobs") or []
-    for i, token in enumerate(tokens):
-        token = str(token)
-        alts = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-        top = tuple((str(t), _float(lp), list(str(t).encode())) for t, lp in alts.items())
-        out.append(TokenLogprob(token, _float(values[i] if i < len(values) else None), list(token.encode()), top))
-    return out
-
-
-def _float(value: Any) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return _MISSING_LOGPROB
-    return result if result == result and result > _MISSING_LOGPROB else _MISSING_LOGPROB
-
-
-def _bytes(value: Any, token: str) -> list[int]:
-    if isinstance(value, list) and all(isinstance(b, int) for b in value):
-        return list(value)
-    return list(token.encode())
-
-
-def _int(value: Any, default: int) -> int:
-    return int(value) if isinstance(value, (int, float)) else default

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import orjson
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.auth import ClientAuth
 from gateway.backends.base import Backend, BackendError, GenerationRequest
 from gateway.errors import APIError, error_payload
 from gateway.metrics import GatewayMetrics
 from gateway.openai.common import SSE_DONE, sse
+from gateway.openai.responses import EventStreamResponse, LastEvent, cancel_on_disconnect
 from gateway.pipeline.pipeline import ChoiceDelta, RequestPlan, UnlearningPipeline, collect
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
@@ -52,6 +54,8 @@ class OpenAIServing:
         self.auth = auth
         self.settings = settings
         self.metrics = metrics
+        # Response ids only need to be unique: a generator seeded once from the OS, not a syscall each.
+        self._ids = random.Random(os.urandom(16))
 
     def check_model(self, name: str) -> None:
         if name not in self.backend.model_ids:
@@ -77,10 +81,10 @@ class OpenAIServing:
 
     async def respond(self, request: Request, plan: RequestPlan, jobs: list[GenerationRequest], *, stream: bool,
                       include_usage: bool, framer_factory: Callable[[str, int], Framer], id_prefix: str) -> Response:
-        framer = framer_factory(f"{id_prefix}-{uuid.uuid4().hex}", int(time.time()))
+        framer = framer_factory(f"{id_prefix}-{self._ids.getrandbits(96):024x}", int(time.time()))
         if stream:
             return await self._stream(plan, jobs, framer, include_usage)
-        choices = await _cancel_on_disconnect(request, self._collect_all(plan, jobs))
+        choices = await cancel_on_disconnect(request.receive, self._collect_all(plan, jobs))
         prompt_tokens = max((c.prompt_tokens for c in choices), default=0)
         completion_tokens = sum(c.completion_tokens for c in choices)
         self._count_tokens(prompt_tokens, completion_tokens)
@@ -88,6 +92,8 @@ class OpenAIServing:
                         media_type="application/json")
 
     async def _collect_all(self, plan: RequestPlan, jobs: list[GenerationRequest]) -> list[ChoiceDelta]:
+        if len(jobs) == 1:  # no task per choice for the usual n=1
+            return [await collect(plan.run(self.backend, jobs[0]))]
         return list(await asyncio.gather(*(collect(plan.run(self.backend, job)) for job in jobs)))
 
     async def _stream(self, plan: RequestPlan, jobs: list[GenerationRequest], framer: Framer,
@@ -102,29 +108,34 @@ class OpenAIServing:
         completion_tokens: dict[int, int] = {}
 
         async def body() -> AsyncIterator[bytes]:
+            open_choices, last = len(jobs), b""
             try:
                 item = first
                 while True:
                     index, delta = item
                     prompt_tokens[index], completion_tokens[index] = delta.prompt_tokens, delta.completion_tokens
-                    yield sse(framer.chunk(index, delta))
+                    event = sse(framer.chunk(index, delta))
+                    open_choices -= delta.finish_reason is not None
+                    if open_choices:
+                        yield event
+                    else:  # the answer's last delta: sent with the usage, [DONE] and the body's end
+                        last = event
                     try:
                         item = await anext(deltas)
                     except StopAsyncIteration:
                         break
                 p, c = max(prompt_tokens.values(), default=0), sum(completion_tokens.values())
                 self._count_tokens(p, c)
-                if include_usage:
-                    yield sse(framer.usage_chunk(p, c))
-                yield SSE_DONE
+                usage_event = sse(framer.usage_chunk(p, c)) if include_usage else b""
+                yield LastEvent(last + usage_event + SSE_DONE)
             except (BackendError, StoreUnavailable) as exc:
                 status = exc.status if isinstance(exc, BackendError) else 503
-                yield sse(error_payload(status, str(exc), code=getattr(exc, "code", "service_unavailable")))
+                error = sse(error_payload(status, str(exc), code=getattr(exc, "code", "service_unavailable")))
+                yield LastEvent(last + error)
             finally:
                 await deltas.aclose()
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventStreamResponse(body())
 
     def _count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.metrics.prompt_tokens.inc(prompt_tokens)
@@ -162,21 +173,3 @@ async def _merge(streams: list[AsyncIterator[ChoiceDelta]]) -> AsyncIterator[tup
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _cancel_on_disconnect(request: Request, work):
-    """Non-stream requests: stop generating when the client hangs up (Starlette would not)."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await task
-    finally:
-        watcher.cancel()

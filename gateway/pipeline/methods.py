@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from gateway.backends.base import LogitsHook
 from gateway.store.models import ForgetTarget
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from gateway.store.base import TargetStore
     from guards.output_gate import ForbiddenMatcher
 
+T = TypeVar("T")
+
 
 @dataclass
 class RequestContext:
@@ -29,11 +31,18 @@ class RequestContext:
     tenant: str
     conversation: list[dict[str, str]]
     targets: TenantTargets
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @cached_property
     def text(self) -> str:
         """The whole conversation as one string: detection covers every turn, not just the last."""
         return "\n".join(m["content"] for m in self.conversation)
+
+    def memo(self, key: str, build: Callable[[], T]) -> T:
+        """Work several methods need on this request (e.g. the name scan), done once."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
 
 @dataclass
