@@ -14,24 +14,19 @@ from gateway.backends.upstream_http import EmptyStream
 from gateway.backends.upstream_stream import StreamRecord, upstream_chunks
 
 
-class _Content:
-    def __init__(self, reads: list[bytes]):
+class Replay:
+    """What `upstream_chunks` reads of an upstream response: headers and the body's reads."""
+
+    def __init__(self, reads: list[bytes], content_type: str = "text/event-stream"):
+        self.headers = {"content-type": content_type}
         self._reads = reads
 
-    async def iter_any(self):
+    async def iter_chunks(self):
         for read in self._reads:
             yield read
 
-
-class Replay:
-    """What `upstream_chunks` reads of an aiohttp response: headers and the body's reads."""
-
-    def __init__(self, reads: list[bytes], content_type: str = "text/event-stream"):
-        self.headers = {"Content-Type": content_type}
-        self.content = _Content(reads)
-
-    async def read(self) -> bytes:
-        return b"".join([r async for r in self.content.iter_any()])
+    async def read(self, limit: int | None = None) -> bytes:
+        return b"".join(self._reads)[:limit]
 
 
 def event(text: str | None = None, finish: str | None = None, **extra) -> bytes:

@@ -47,18 +47,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, count_prompt_tokens
 from gateway.backends.model_files import load_tokenizer
+from gateway.backends.http_client import ConnectionBroken, HTTPClientError
 from gateway.backends.upstream_http import (
+    MAX_ERROR_BODY,
     EmptyStream,
     UpstreamHTTP,
     bad_upstream,
     map_status_error,
     map_transport_error,
-    read_capped,
 )
 from gateway.backends.upstream_stream import StreamRecord, upstream_chunks
 from gateway.backends.vllm_plugin import XARGS_KEY
@@ -256,7 +256,7 @@ class OpenAIUpstream:
             consumer_closed = False
             try:
                 if response.status >= 400:
-                    raise map_status_error(response.status, await read_capped(response))
+                    raise map_status_error(response.status, await response.read(MAX_ERROR_BODY))
                 try:
                     chunks = upstream_chunks(
                         response, seen, chat=request.messages is not None, want_logprobs=request.params.logprobs,
@@ -268,10 +268,10 @@ class OpenAIUpstream:
                 except GeneratorExit:
                     consumer_closed = True
                     raise
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except HTTPClientError as exc:
                 if consumer_closed:  # the connection broke while we were closing it anyway
                     return
-                if body.get("stream") and not seen.events and isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+                if body.get("stream") and not seen.events and isinstance(exc, ConnectionBroken):
                     raise EmptyStream() from None  # llama.cpp may also cut such a stream short
                 raise map_transport_error(exc) from None
 

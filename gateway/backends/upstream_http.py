@@ -1,9 +1,11 @@
-"""HTTP to the upstream model server: one pooled aiohttp session, errors mapped, SSE parsed on bytes.
+"""HTTP to the upstream model server: one connection pool, errors mapped, SSE parsed on bytes.
 
-Why aiohttp and not httpx: measured on this 2-core machine against `bench/fake_upstream.py`
-(16-chunk streams), an httpx `AsyncClient` completed 517 req/s at concurrency 1 and 130 req/s
-at concurrency 64 (its connection pool is scanned per request, through anyio), aiohttp 3,900
-and 4,300-5,400. The client was most of the gateway's proxy cost.
+The transport is `gateway.backends.http_client` (asyncio + httptools), chosen by
+measurement on this 2-core machine against `bench/fake_upstream.py`: httpx's
+`AsyncClient` completed 517 streamed req/s at concurrency 1 and 130 at 64 (its pool is
+scanned per request, through anyio); aiohttp 3,900 and 4,300-5,400, but still spent about
+570 µs per streamed request at concurrency 1 where the plain protocol client spends a
+fraction of that (figures in the README).
 
 Errors: connection refused → 503, timeouts → 504, a broken connection, upstream 5xx or a
 malformed response → 502; upstream 4xx (e.g. context length) keep their status and message,
@@ -13,15 +15,15 @@ become 502.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from gateway.backends.base import BackendError
+from gateway.backends.http_client import ConnectFailed, ConnectionBroken, ConnectionPool, HTTPClientError, Response, Timeout
 
 MAX_ERROR_BODY = 64 * 1024
 _MAX_MESSAGE = 1000
@@ -51,17 +53,13 @@ class EmptyStream(BackendError):
         super().__init__("The upstream model server sent an empty response.", status=502, code="bad_upstream")
 
 
-BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)
-"""A connection that broke (also a pooled keep-alive connection the upstream had just closed)."""
-
-
-def map_transport_error(exc: BaseException) -> BackendError:
-    """aiohttp / timeout failures → the gateway's errors (503 unreachable, 504 timeout, 502 broken)."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+def map_transport_error(exc: HTTPClientError) -> BackendError:
+    """Transport failures → the gateway's errors (503 unreachable, 504 timeout, 502 broken)."""
+    if isinstance(exc, Timeout):
         return timed_out()
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return unavailable("connection refused")
-    if isinstance(exc, BROKEN):
+    if isinstance(exc, ConnectionBroken):
         return bad_upstream("the connection broke")
     return bad_upstream(type(exc).__name__)
 
@@ -117,84 +115,66 @@ def map_status_error(status: int, body: bytes) -> BackendError:
 
 
 class UpstreamHTTP:
-    """A pooled session to one base URL. `timeout` bounds each read (and waiting for a pooled
-    connection), `connect_timeout` the TCP connect; there is no total, streams may be long."""
+    """A connection pool to one base URL. `timeout` bounds each wait for the upstream's next bytes
+    (and for a free connection), `connect_timeout` the TCP connect; there is no total, streams
+    may be long. A pooled connection the upstream had just closed is retried once on a new one."""
 
     def __init__(self, base_url: str, *, api_key: str | None, timeout: float, connect_timeout: float,
                  max_connections: int):
         self.base_url = base_url
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._prefix = urlsplit(base_url).path.rstrip("/")
+        self._headers = {"User-Agent": "unlearn-gateway", "Accept": "application/json, text/event-stream"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
 
     def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=_KEEPALIVE_SECONDS)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeouts(self.timeout, self.connect_timeout),
-            # the upstream is called directly: proxy variables meant for package registries do not apply
-            trust_env=False)
+        self._pool = ConnectionPool(self.base_url, max_connections=self._max_connections,
+                                    connect_timeout=self.connect_timeout, read_timeout=self.timeout,
+                                    keepalive_seconds=_KEEPALIVE_SECONDS)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @staticmethod
-    def _timeouts(read: float, connect: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, connect=read, sock_connect=connect, sock_read=read)
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @asynccontextmanager
-    async def post(self, path: str, body: dict) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def post(self, path: str, body: dict) -> AsyncIterator[Response]:
         """POST `body` as JSON; yields the response with its body unread. Leaving the block early
         closes the connection (the upstream stops generating); a fully read body is pooled."""
-        assert self._session is not None, "UpstreamHTTP.open() first"
-        data = orjson.dumps(body)
-        headers = {"Content-Type": "application/json"}
+        assert self._pool is not None, "UpstreamHTTP.open() first"
         try:
-            try:
-                response = await self._session.post(self.base_url + path, data=data, headers=headers)
-            except BROKEN:
-                # A pooled keep-alive connection the upstream had just closed: nothing was
-                # answered, so send it once more on a fresh one.
-                response = await self._session.post(self.base_url + path, data=data, headers=headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            response = await self._pool.request("POST", self._prefix + path, orjson.dumps(body), self._json_headers)
+        except HTTPClientError as exc:
             raise map_transport_error(exc) from None
         try:
             yield response
         finally:
-            if response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+            response.release()
 
     async def get(self, path: str, timeout: float | None = None) -> tuple[int, bytes]:
         """GET → (status, body: whole on success, up to `MAX_ERROR_BODY` on an error), errors mapped."""
-        assert self._session is not None, "UpstreamHTTP.open() first"
+        assert self._pool is not None, "UpstreamHTTP.open() first"
         cap = min(timeout, self.timeout) if timeout is not None else self.timeout
-        timeouts = self._timeouts(cap, min(cap, self.connect_timeout))
         try:
-            async with self._session.get(self.base_url + path, timeout=timeouts) as response:
-                body = await (read_capped(response) if response.status >= 400 else response.read())
-                return response.status, body
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            response = await self._pool.request("GET", self._prefix + path, None, self._headers, timeout=cap)
+            try:
+                body = await response.read(MAX_ERROR_BODY if response.status >= 400 else None)
+            finally:
+                response.release()
+        except HTTPClientError as exc:
             raise map_transport_error(exc) from None
+        return response.status, body
 
 
 # -- bodies -------------------------------------------------------------------------------------
 
 
-async def read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:
-    body = bytearray()
-    async for part in response.content.iter_any():
-        body += part
-        if len(body) >= limit:
-            break
-    return bytes(body[:limit])
-
-
-async def event_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[Any]]:
+async def event_batches(response: Response) -> AsyncIterator[list[Any]]:
     """Decoded JSON payloads of an SSE stream up to `[DONE]`, a list per network read.
 
     Events that arrived together are handed over together, so the consumer can gate and
@@ -205,7 +185,7 @@ async def event_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[
     its end after `[DONE]` so the keep-alive connection goes back to the pool instead of
     being closed.
     """
-    if "text/event-stream" not in response.headers.get("Content-Type", ""):
+    if "text/event-stream" not in response.headers.get("content-type", ""):
         raw = await response.read()  # a server that ignored stream:true
         try:
             yield [orjson.loads(raw)]
@@ -213,7 +193,7 @@ async def event_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[
             raise bad_upstream("malformed response (neither SSE nor JSON)") from None
         return
     buffer = b""
-    stream = response.content.iter_any()
+    stream = response.iter_chunks()
     async for part in stream:
         payloads, buffer = _split_events(buffer + part if buffer else part)
         batch: list[Any] = []

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.backends.base import BackendError, GenerationChunk, TokenLogprob
+from gateway.backends.http_client import Response
 from gateway.backends.upstream_http import EmptyStream, bad_upstream, error_fields, event_batches
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class StreamRecord:
     usage_completion_tokens: int | None = None
 
 
-async def upstream_chunks(response: aiohttp.ClientResponse, record: StreamRecord, *, chat: bool,
+async def upstream_chunks(response: Response, record: StreamRecord, *, chat: bool,
                           want_logprobs: bool, track: bool, streamed: bool,
                           count_prompt: Callable[[], int]) -> AsyncIterator[GenerationChunk]:
     """The answer in `response`, merged per read; the last chunk has `finish_reason` and the usage.
