@@ -162,3 +162,25 @@ async def test_at_most_max_connections_requests_at_a_time() -> None:
         assert await response.read() == b"{}"
         response.release()
         await client.close()
+
+
+async def test_the_read_timeout_counts_from_the_last_bytes_received() -> None:
+    async def trickle_then_stall(reader, writer, n):
+        await read_request(reader)
+        writer.write(CHUNKED_HEAD)
+        for _ in range(6):  # 0.6 s of data, never more than 0.1 s apart
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        await asyncio.sleep(5)  # then nothing
+
+    async with Upstream(trickle_then_stall) as url:
+        response = await pool(url, read_timeout=0.3).request("GET", "/", None, {})
+        received = b""
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Timeout):
+            async for part in response.iter_chunks():
+                received += part
+        assert received == b"x" * 6  # a slow but steady stream is not cut off
+        assert 0.8 < asyncio.get_running_loop().time() - started < 2.0  # the stall is, 0.3 s after the last byte
+        response.release()

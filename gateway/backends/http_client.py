@@ -49,6 +49,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        # One timer per connection, re-armed only when it fires early: a timer per wait (per
+        # streamed chunk) was a measurable share of the per-chunk cost.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -126,18 +130,28 @@ class _Connection(asyncio.Protocol):
             raise self.error
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout, self._time_out, waiter)
+        self._deadline = loop.time() + timeout
+        if self._timer is None or self._deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
         if self.error is not None:
             raise self.error
 
-    def _time_out(self, waiter: asyncio.Future) -> None:
-        if not waiter.done():
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting now: the next wait arms a new timer
+        loop = waiter.get_loop()
+        if loop.time() >= self._deadline:
             waiter.set_exception(Timeout("the upstream did not answer in time"))
+        else:  # data came in since this timer was set: wait out the current deadline
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
 
     def take(self) -> bytes:
         """The body bytes received so far (and reading resumes if it was paused)."""
@@ -151,6 +165,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -225,10 +242,13 @@ class ConnectionPool:
                       *, timeout: float | None = None) -> Response:
         """Send a request and wait for the response headers (`read_timeout`, or `timeout` when given)."""
         wait = self.read_timeout if timeout is None else timeout
-        try:
-            await asyncio.wait_for(self._slots.acquire(), wait)
-        except asyncio.TimeoutError:
-            raise Timeout("no upstream connection became free in time") from None
+        if self._slots.locked():  # all in use: wait (a task and a timer) for a free one
+            try:
+                await asyncio.wait_for(self._slots.acquire(), wait)
+            except asyncio.TimeoutError:
+                raise Timeout("no upstream connection became free in time") from None
+        else:
+            await self._slots.acquire()  # free: returns at once
         try:
             data = self._encode(method, target, body, headers)
             conn = self._take_idle()
