@@ -52,6 +52,9 @@ def two_workers(tmp_path: Path) -> Iterator[str]:
                     pass
                 assert time.monotonic() < deadline, "the gateway did not become ready"
                 time.sleep(0.3)
+            while len(_metric_pids(tmp_path)) < 2:  # the other process may still be starting
+                assert proc.poll() is None and time.monotonic() < deadline, "the second process did not start"
+                time.sleep(0.3)
             yield url
         finally:
             proc.terminate()
@@ -59,6 +62,11 @@ def two_workers(tmp_path: Path) -> Iterator[str]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _metric_pids(tmp_path: Path) -> set[str]:
+    """The processes that have written metrics (each does when its app is built)."""
+    return {f.stem.rsplit("_", 1)[1] for f in (tmp_path / "metrics").glob("counter_*.db")}
 
 
 def _answers(url: str) -> list[str]:
@@ -78,15 +86,19 @@ def _counted_requests(url: str) -> float:
 
 
 def test_workers_share_targets_and_report_one_set_of_metrics(two_workers: str, tmp_path: Path) -> None:
-    # two serving processes, each writing its own metric values
-    assert len({f.stem.rsplit("_", 1)[1] for f in (tmp_path / "metrics").glob("counter_*.db")}) == 2
+    assert len(_metric_pids(tmp_path)) == 2  # two serving processes, each writing its own metric values
     assert _answers(two_workers) == ["Paris it is."] * REQUESTS
     registered = httpx.post(two_workers + "/admin/v1/targets", json={"name": "Paris", "methods": ["guard"]},
                             headers=admin_headers(), timeout=60)
     assert registered.status_code == 201, registered.text
     # Whichever process answers, the target registered through one of them is enforced at once.
     assert _answers(two_workers) == [DEFAULT_REFUSAL] * REQUESTS
-    # Every process's requests are in the one /metrics, whichever process serves the scrape.
+    # Every process's requests are in the one /metrics, whichever process serves the scrape (a
+    # request is counted just after its response went out: allow that moment).
+    deadline = time.monotonic() + 5
+    while _counted_requests(two_workers) != 2 * REQUESTS:
+        assert time.monotonic() < deadline, _counted_requests(two_workers)
+        time.sleep(0.1)
     for _ in range(4):
         assert _counted_requests(two_workers) == 2 * REQUESTS
 
