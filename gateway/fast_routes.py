@@ -30,7 +30,6 @@ class GatewayApp(FastAPI):
 
     def __init__(self, *, middleware: Sequence[Middleware], **kwargs) -> None:
         super().__init__(middleware=list(middleware), **kwargs)
-        self._fast_middleware = list(middleware)
         self._fast: dict[tuple[str, str], Endpoint] = {}
         self._fast_stack: ASGIApp | None = None
 
@@ -49,8 +48,9 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     def _build_fast_stack(self) -> ASGIApp:
+        """The app's own user middleware (outermost first) around `_dispatch`."""
         app: ASGIApp = self._dispatch
-        for cls, args, kwargs in reversed(self._fast_middleware):
+        for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app
 

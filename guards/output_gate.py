@@ -35,8 +35,8 @@ SHORT_KEY = 4  # keys shorter than this need word boundaries
 B64_MIN_RUN = 8  # shortest base64 run worth decoding / holding back
 _B64_DEPTH = 2
 _ENCODED_CACHE_SIZE = 4096  # runs remembered per matcher (a matcher lives for one target snapshot)
-_HEAD = 3  # key-start length `hold_back` pre-filters on
 _ENCODED_CACHE_RUN = 64  # only word-sized runs: long ones are rare and would make the cache large
+_HEAD = 3  # key-start length `hold_back` pre-filters on
 _B64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{%d,}" % B64_MIN_RUN)
 _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
 _URLSAFE = str.maketrans("-_", "+/")

@@ -1,11 +1,8 @@
 """HTTP to the upstream model server: one connection pool, errors mapped, SSE parsed on bytes.
 
 The transport is `gateway.backends.http_client` (asyncio + httptools), chosen by
-measurement on this 2-core machine against `bench/fake_upstream.py`: httpx's
-`AsyncClient` completed 517 streamed req/s at concurrency 1 and 130 at 64 (its pool is
-scanned per request, through anyio); aiohttp 3,900 and 4,300-5,400, but still spent about
-570 µs per streamed request at concurrency 1 where the plain protocol client spends a
-fraction of that (figures in the README).
+measurement against `bench/fake_upstream.py` (`bench/bench_upstream_client.py`; the
+figures are in `http_client`'s docstring and the README).
 
 Errors: connection refused → 503, timeouts → 504, a broken connection, upstream 5xx or a
 malformed response → 502; upstream 4xx (e.g. context length) keep their status and message,
