@@ -114,6 +114,7 @@ class FakeUpstream:
     def __init__(self, mode: str):
         self.mode = mode
         self.bodies: list[dict] = []
+        self.headers: list[dict[str, str]] = []
         self.stream_closed = threading.Event()
         self.port = free_port()
         app = Starlette(routes=[
@@ -146,6 +147,7 @@ class FakeUpstream:
 
     async def _complete(self, request: Request) -> Response:
         self.bodies.append(orjson.loads(await request.body()))
+        self.headers.append(dict(request.headers))
         mode = self.mode
         if mode == "status500":
             return JSONResponse({"error": {"message": "CUDA error: out of memory", "type": "server_error"}}, 500)
@@ -436,6 +438,17 @@ def test_upstream_4xx_keeps_status_and_message_but_credentials_are_ours(upstream
         fake.mode = "unauthorized"
         response = httpx.post(server.url + "/v1/chat/completions", json=chat_body(), timeout=30)
         assert response.status_code == 502 and "sk-" not in response.text
+
+
+def test_the_upstream_api_key_goes_to_the_upstream_only(upstream_gateway):
+    with FakeUpstream("ok") as fake:
+        server = upstream_gateway(fake.url, upstream_api_key="sk-upstream-secret")
+        with server.client() as client:
+            response = client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200 and "sk-upstream-secret" not in response.text
+        assert fake.headers[0]["authorization"] == "Bearer sk-upstream-secret"
+        assert fake.headers[0]["content-type"] == "application/json"
+        assert fake.headers[0]["host"] == f"127.0.0.1:{fake.port}"
 
 
 def test_disconnect_closes_the_upstream_connection(upstream_gateway):
