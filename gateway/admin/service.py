@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.errors import APIError
 from gateway.pipeline.methods import MethodRegistry
-from gateway.store.base import TargetStore
+from gateway.store.base import StoreState, TargetStore
 from gateway.store.models import AuditEntry, ForgetTarget, TargetCreate, TargetPatch, utcnow
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ class TargetAdmin:
         self.store = store
         self.methods = methods
 
-    def _resolve_methods(self, requested: list[str] | None) -> list[str]:
+    def resolve_methods(self, requested: list[str] | None) -> list[str]:
         available = self.methods.available
         if requested is None:
             return self.methods.selectable
@@ -32,30 +32,51 @@ class TargetAdmin:
         return requested
 
     async def _derive(self, target: ForgetTarget) -> dict[str, Any]:
-        """Each enabled method's registration-time data (embeddings...), computed off the event loop.
+        return (await self._derive_many([target]))[0]
+
+    async def _derive_many(self, targets: list[ForgetTarget]) -> list[dict[str, Any]]:
+        """Each enabled method's registration-time data (embeddings...), computed off the event loop,
+        one call per method for the whole batch (one embedding pass).
 
         A failure refuses the admin call: a target the methods cannot prepare is not stored.
         """
-        derived: dict[str, Any] = {}
-        for method in self.methods:  # each method decides whether the target concerns it
+        derived: list[dict[str, Any]] = [{} for _ in targets]
+        for method in self.methods:
             try:
-                data = await asyncio.to_thread(method.derive, target)
-            except APIError:  # the method refuses the target itself (e.g. ULD on a backend without hooks)
+                results = await asyncio.to_thread(method.derive_many, targets)
+            except APIError:  # the method refuses a target itself (e.g. ULD on a backend without hooks)
                 raise
             except Exception as exc:
-                log.exception("method %s could not prepare target %s", method.name, target.id)
-                raise APIError(503, "The target could not be prepared for enforcement; retry shortly.",
+                log.exception("method %s could not prepare %d target(s)", method.name, len(targets))
+                raise APIError(503, "The targets could not be prepared for enforcement; retry shortly.",
                                code="service_unavailable") from exc
-            if data is not None:
-                derived[method.name] = dict(data)
+            for out, data in zip(derived, results):
+                if data is not None:
+                    out[method.name] = dict(data)
         return derived
 
-    async def create(self, spec: TargetCreate, actor: str) -> ForgetTarget:
-        methods = self._resolve_methods(spec.methods)
+    @staticmethod
+    def _draft(spec: TargetCreate, methods: list[str], actor: str) -> ForgetTarget:
         now = utcnow()
-        draft = ForgetTarget(id="draft", methods=methods, created_at=now, updated_at=now, created_by=actor,
-                             **spec.model_dump(exclude={"methods"}))
-        return await self.store.create(spec, methods=methods, actor=actor, derived=await self._derive(draft))
+        return ForgetTarget(id="draft", methods=methods, created_at=now, updated_at=now, created_by=actor,
+                            **spec.model_dump(exclude={"methods"}))
+
+    async def create(self, spec: TargetCreate, actor: str) -> ForgetTarget:
+        methods = self.resolve_methods(spec.methods)
+        derived = await self._derive(self._draft(spec, methods, actor))
+        return await self.store.create(spec, methods=methods, actor=actor, derived=derived)
+
+    async def create_many(self, specs: list[TargetCreate], actor: str) -> list[ForgetTarget]:
+        """All or nothing: the batch is prepared, then stored in one transaction (one version bump)."""
+        methods = [self.resolve_methods(spec.methods) for spec in specs]
+        derived = await self._derive_many([self._draft(s, m, actor) for s, m in zip(specs, methods)])
+        return await self.store.create_many(list(zip(specs, methods, derived)), actor=actor)
+
+    async def accept_store(self) -> StoreState:
+        """An operator accepts the store as it is now, after a reset or a restore (see README)."""
+        state = await self.store.accept_epoch()
+        log.warning("operator accepted target store epoch %s at version %d", state.epoch, state.version)
+        return state
 
     async def list(self, tenant: str | None) -> list[ForgetTarget]:
         return await self.store.list(tenant)
@@ -68,7 +89,7 @@ class TargetAdmin:
 
     async def update(self, target_id: str, patch: TargetPatch, actor: str) -> ForgetTarget:
         if patch.methods is not None:
-            patch = patch.model_copy(update={"methods": self._resolve_methods(patch.methods)})
+            patch = patch.model_copy(update={"methods": self.resolve_methods(patch.methods)})
         derived = None
         changed = patch.model_dump(exclude_unset=True, exclude_none=True)
         if any(field in changed for field in _DERIVED_FROM):

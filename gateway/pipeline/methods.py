@@ -93,6 +93,11 @@ class UnlearningMethod:
     async def start(self, store: TargetStore, snapshots: SnapshotProvider) -> None:
         """Start background work (ULD's training jobs) once the app is up; the default has none."""
 
+    def index(self, targets: TenantTargets) -> None:
+        """Build the per-shard structures requests will need (matchers, tries), in a worker thread:
+        at start-up (before `/readyz`), for each change's new shard, and for compactions. Memoised
+        on the shards, so what is already built is skipped; the default builds nothing."""
+
     async def stop(self) -> None:
         """Stop what `start` started, at shutdown."""
 
@@ -103,6 +108,10 @@ class UnlearningMethod:
         Runs in a worker thread; the result is stored under `target.derived[self.name]`.
         """
         return None
+
+    def derive_many(self, targets: Sequence[ForgetTarget]) -> list[Mapping[str, Any] | None]:
+        """`derive` for a batch registration (`targets:batch`); override to share work across it."""
+        return [self.derive(target) for target in targets]
 
     async def detect(self, ctx: RequestContext) -> Mapping[str, float]:
         """Score any active target recognised in the conversation (target id → 0..1).
@@ -116,9 +125,17 @@ class UnlearningMethod:
         return None
 
     def targets_for(self, ctx: RequestContext) -> list[ForgetTarget]:
-        """Active targets of the caller's tenant that enabled this method (memoised per snapshot)."""
+        """Active targets of the caller's tenant that enabled this method (memoised per snapshot;
+        each shard filters once, so after a change this costs the size of the result)."""
         return ctx.targets.memo(f"method-targets:{self.name}",
-                                lambda: [t for t in ctx.targets.active if self.name in t.methods])
+                                lambda: ctx.targets.select(f"method:{self.name}", self.applies_to))
+
+    def has_targets(self, ctx: RequestContext) -> bool:
+        """Whether `targets_for` is non-empty, without listing them."""
+        return ctx.targets.any_selected(f"method:{self.name}", self.applies_to)
+
+    def applies_to(self, target: ForgetTarget) -> bool:
+        return self.name in target.methods
 
     def in_play(self, ctx: RequestContext, detection: Detection, limit: int | None = None) -> list[ForgetTarget]:
         """This method's targets that detection found, best score first (at most `limit`).
@@ -127,9 +144,9 @@ class UnlearningMethod:
         number of registered targets."""
         if not detection.scores:
             return []
-        ids = ctx.targets.memo(f"method-target-ids:{self.name}", lambda: frozenset(t.id for t in self.targets_for(ctx)))
-        hits = sorted((tid for tid in detection.scores if tid in ids), key=lambda tid: -detection.scores[tid])
-        return [t for t in map(ctx.targets.by_id, hits[:limit]) if t is not None]
+        hits = sorted(detection.scores, key=lambda tid: -detection.scores[tid])
+        mine = [t for t in map(ctx.targets.by_id, hits) if t is not None and self.applies_to(t)]
+        return mine[:limit]
 
 
 class MethodRegistry:
@@ -155,6 +172,11 @@ class MethodRegistry:
     async def start(self, store: TargetStore, snapshots: SnapshotProvider) -> None:
         for method in self._methods.values():
             await method.start(store, snapshots)
+
+    def index(self, targets: TenantTargets) -> None:
+        """Every method's `index` (the snapshot provider's indexer; runs in a worker thread)."""
+        for method in self._methods.values():
+            method.index(targets)
 
     async def stop(self) -> None:
         for method in reversed(list(self._methods.values())):

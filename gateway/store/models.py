@@ -152,13 +152,18 @@ class ForgetTarget(BaseModel):
     def public(self) -> dict[str, Any]:
         """The admin API's view: everything an admin set or the store owns, not the derived bulk.
 
-        Background jobs of methods (ULD training) show up as `jobs`, whitelisted fields only.
+        Background jobs of methods (ULD training) show up as `jobs`, whitelisted fields only; stored
+        probes as their count (`probes`) and the last forget report as `verification`.
         """
         view = self.model_dump(mode="json", exclude={"derived"})
         jobs = {method: {k: v for k, v in data.items() if k in _PUBLIC_JOB_FIELDS}
                 for method, data in self.derived.items() if isinstance(data, dict) and "status" in data}
         if jobs:
             view["jobs"] = jobs
+        if isinstance(self.derived.get("probes"), list):  # stored eval probes: their count, not the bulk
+            view["probes"] = len(self.derived["probes"])
+        if isinstance(self.derived.get("verification"), dict):  # the last forget report (admin/verify)
+            view["verification"] = self.derived["verification"]
         return view
 
     @property

@@ -6,16 +6,21 @@ failing). DB work runs in worker threads so the event loop never blocks on
 disk, and each call opens its own short-lived connection, so there is no
 connection state to share between threads or to go stale.
 
-The one exception is `version()`, which every chat request calls: it reads one
-row through a long-lived connection, on the event loop, with no busy wait
-(~5 µs instead of ~350 µs for a thread hop plus a fresh connection). If that
-read would wait on a lock, or the file was replaced, it falls back to the
-normal path.
+The one exception is `state()` (and `version()`), which every chat request
+calls: it reads one row through a long-lived connection, on the event loop,
+with no busy wait (~5 µs instead of ~350 µs for a thread hop plus a fresh
+connection). If that read would wait on a lock, or the file was replaced, it
+falls back to the normal path.
+
+Every write also records (target id, version) in `changes`, one row per target
+(its latest change), so replicas fetch only what moved. `meta.epoch` is a random
+id written when the file is created: a replaced file shows up as a new epoch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import sqlite3
@@ -25,35 +30,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.store import _records
-from gateway.store.base import StoreUnavailable
+from gateway.store._sqlite_schema import create_schema
+from gateway.store.base import CHANGE_LOG_MAX, NewTarget, StoreState, StoreUnavailable
 from gateway.store.models import AuditEntry, ForgetTarget, TargetCreate, TargetPatch, utcnow
 
 T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 5.0
+_TRIM_EVERY = 1_000  # versions between two looks at the change log's size
+_IN_CHUNK = 500  # ids per `IN (...)` query (SQLite caps bound parameters)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS targets (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS targets_by_tenant ON targets (tenant);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    changes TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, id);
-CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL);
-INSERT INTO meta (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM meta);
-"""
+_STATE_SQL = "SELECT epoch, version, accepted_epoch FROM meta"
 
 
 class SqliteTargetStore:
@@ -71,6 +58,7 @@ class SqliteTargetStore:
         self._closed = False
         self._version_conn: sqlite3.Connection | None = None
         self._version_inode: int | None = None
+        self._shm_path = self.path.with_name(self.path.name + "-shm")
 
     # -- plumbing -----------------------------------------------------------
 
@@ -100,9 +88,7 @@ class SqliteTargetStore:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    create_schema(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -137,9 +123,24 @@ class SqliteTargetStore:
             finally:
                 conn.close()
 
+    def _shm_fault(self) -> str | None:
+        """Why no connection may touch the file now, or None.
+
+        SQLite maps the WAL index (`-shm`) shared and writable, and all connections of a process
+        share that mapping. Once the file is immutable (`chattr +i`) or its mount read-only, the
+        kernel answers the next write to a clean mapped page with SIGBUS, which kills the process
+        (no Python handler can resume it). So while the -shm exists and is not writable, no
+        connection is opened, used or closed, and callers get StoreUnavailable (503) instead.
+        """
+        if os.access(self._shm_path, os.W_OK) or not os.path.exists(self._shm_path):
+            return None
+        return f"{self._shm_path.name} is not writable (immutable file or read-only mount)"
+
     async def _run(self, what: str, sync: Callable[..., T], fn: Callable[[sqlite3.Connection], Any]) -> T:
         if self._closed:
             raise StoreUnavailable(f"sqlite store {self.path}: {what} on a closed store")
+        if (fault := self._shm_fault()) is not None:
+            raise StoreUnavailable(f"sqlite store {self.path}: {what} refused: {fault}")
         try:
             return await asyncio.to_thread(sync, fn)
         except (sqlite3.Error, OSError, ValueError) as exc:
@@ -152,14 +153,42 @@ class SqliteTargetStore:
     async def _write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(what, self._write_sync, fn)
 
-    @staticmethod
+    @classmethod
     def _bump_and_audit(
-        conn: sqlite3.Connection, *, actor: str, action: str, target: ForgetTarget, changes: dict[str, Any]
+        cls, conn: sqlite3.Connection, *, actor: str, action: str, target: ForgetTarget, changes: dict[str, Any]
     ) -> None:
+        cls._log(conn, cls._bump(conn), actor=actor, action=action, target=target, changes=changes)
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection) -> int:
+        """The next version; trims the change log now and then (replicas behind its floor reload all)."""
         conn.execute("UPDATE meta SET version = version + 1")
+        version = int(conn.execute("SELECT version FROM meta").fetchone()[0])
+        if version % _TRIM_EVERY == 0:
+            row = conn.execute("SELECT version FROM changes ORDER BY version DESC LIMIT 1 OFFSET ?",
+                               (CHANGE_LOG_MAX,)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM changes WHERE version <= ?", (row[0],))
+                conn.execute("UPDATE meta SET log_floor = MAX(log_floor, ?)", (row[0],))
+        return version
+
+    @staticmethod
+    def _log(conn: sqlite3.Connection, version: int, *, actor: str, action: str, target: ForgetTarget,
+             changes: dict[str, Any]) -> None:
+        """Audit entry + change-log row of one target, in the caller's transaction."""
         conn.execute(
             "INSERT INTO audit (at, actor, action, target_id, tenant, changes) VALUES (?, ?, ?, ?, ?, ?)",
             (utcnow().isoformat(), actor, action, target.id, target.tenant, json.dumps(changes)),
+        )
+        conn.execute("INSERT INTO changes (target_id, version) VALUES (?, ?) "
+                     "ON CONFLICT (target_id) DO UPDATE SET version = excluded.version", (target.id, version))
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, target: ForgetTarget) -> None:
+        conn.execute(
+            "INSERT INTO targets (id, tenant, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (target.id, target.tenant, _records.dump_target(target),
+             target.created_at.isoformat(), target.updated_at.isoformat()),
         )
 
     @staticmethod
@@ -175,16 +204,60 @@ class SqliteTargetStore:
         target = _records.new_target(spec, methods=methods, actor=actor, derived=derived)
 
         def work(conn: sqlite3.Connection) -> ForgetTarget:
-            conn.execute(
-                "INSERT INTO targets (id, tenant, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (target.id, target.tenant, _records.dump_target(target),
-                 target.created_at.isoformat(), target.updated_at.isoformat()),
-            )
+            self._insert(conn, target)
             self._bump_and_audit(conn, actor=actor, action="create", target=target,
                                  changes=_records.created_changes(target))
             return target
 
         return await self._write("create", work)
+
+    async def create_many(self, items: list[NewTarget], *, actor: str) -> list[ForgetTarget]:
+        targets = [_records.new_target(spec, methods=methods, actor=actor, derived=derived)
+                   for spec, methods, derived in items]
+        if not targets:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[ForgetTarget]:
+            version = self._bump(conn)
+            for target in targets:
+                self._insert(conn, target)
+                self._log(conn, version, actor=actor, action="create", target=target,
+                          changes=_records.created_changes(target))
+            return targets
+
+        return await self._write("create_many", work)
+
+    async def get_many(self, target_ids: list[str]) -> list[ForgetTarget]:
+        def work(conn: sqlite3.Connection) -> list[ForgetTarget]:
+            found: list[ForgetTarget] = []
+            for start in range(0, len(target_ids), _IN_CHUNK):
+                chunk = target_ids[start:start + _IN_CHUNK]
+                rows = conn.execute(f"SELECT payload FROM targets WHERE id IN ({','.join('?' * len(chunk))})",
+                                    chunk).fetchall()
+                found.extend(_records.load_target(row[0]) for row in rows)
+            return found
+
+        return await self._read("get_many", work) if target_ids else []
+
+    async def changes_since(self, version: int) -> list[str] | None:
+        def work(conn: sqlite3.Connection) -> list[str] | None:
+            conn.execute("BEGIN")  # floor and rows from one read transaction
+            try:
+                if version < int(conn.execute("SELECT log_floor FROM meta").fetchone()[0]):
+                    return None
+                rows = conn.execute("SELECT target_id FROM changes WHERE version > ?", (version,)).fetchall()
+                return [row[0] for row in rows]
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._read("changes_since", work)
+
+    async def accept_epoch(self) -> StoreState:
+        def work(conn: sqlite3.Connection) -> StoreState:
+            conn.execute("UPDATE meta SET accepted_epoch = epoch")
+            return self._state_of(conn)
+
+        return await self._write("accept_epoch", work)
 
     async def get(self, target_id: str) -> ForgetTarget | None:
         return await self._read("get", lambda conn: self._load(conn, target_id))
@@ -234,15 +307,21 @@ class SqliteTargetStore:
         return await self._write("delete", work)
 
     async def version(self) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT version FROM meta").fetchone()[0])
+        return (await self.state()).version
 
-        if not self._closed:
+    @staticmethod
+    def _state_of(conn: sqlite3.Connection) -> StoreState:
+        epoch, version, accepted = conn.execute(_STATE_SQL).fetchone()
+        return StoreState(epoch=epoch, version=int(version), accepted_epoch=accepted)
+
+    async def state(self) -> StoreState:
+        work = self._state_of
+        if not self._closed and self._shm_fault() is None:  # a faulty file: `_read` says why
             try:
                 return work(self._version_reader())
             except (sqlite3.Error, OSError):
                 self._drop_version_reader()  # busy, replaced or broken: the thread path decides
-        return await self._read("version", work)
+        return await self._read("state", work)
 
     def _version_reader(self) -> sqlite3.Connection:
         """The long-lived connection for `version()`, reopened when the file is replaced."""
@@ -256,9 +335,17 @@ class SqliteTargetStore:
         return self._version_conn
 
     def _drop_version_reader(self) -> None:
-        if self._version_conn is not None:
-            self._version_conn.close()
+        conn = self._version_conn
         self._version_conn = self._version_inode = None
+        if conn is None:
+            return
+        if self._shm_fault() is None:
+            conn.close()
+        else:
+            # Closing the last connection checkpoints through the -shm (SIGBUS, see `_shm_fault`), and
+            # so would the garbage collector: a reference never released keeps it open until the
+            # process exits, when the kernel, not SQLite, lets go of the file.
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
     async def audit(self, *, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]:
         if limit <= 0:
