@@ -19,6 +19,13 @@ requests/s with zero errors at concurrency 64.
 
     .venv/bin/python bench/bench_proxy.py [--targets 1000] [--duration 3] [--concurrency 1,16,64] [--paced-ms 1]
                                           [--workers 1]
+
+`--realistic` (issue #11) instead measures real traffic, side by side in one run: two gateways on the
+same upstream and targets (the dev targets of guards/dev_set.py plus `--targets` synthetic people),
+GUARD semantic detection on and off, streamed, at c=1 and c=64, with one repeated prompt and with
+every prompt different (`bench/prompts.py`: varied everyday questions, ~5 % near a dev target; each
+load run its own seed, so no prompt is ever seen twice). Goals: unique prompts at c=64 >= 80 % of the
+semantic-off gateway's req/s, and c=1 added p50 <= 2 ms.
 """
 
 from __future__ import annotations
@@ -76,11 +83,16 @@ def smollm2_gguf() -> str | None:
     return str(found[0]) if found else None
 
 
-def register_targets(base: str, count: int) -> float:
-    """Registers `count` person targets through the admin API; returns the seconds it took."""
+def register_targets(base: str, count: int, *, dev: bool = False) -> float:
+    """Registers `count` person targets (and the dev targets) through the admin API; returns the seconds."""
     names = itertools.product(FIRST, LAST, range(10**6))
     started = time.perf_counter()
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60) as client:
+        if dev:
+            from guards.dev_set import DEV_TARGETS
+
+            for target in DEV_TARGETS:
+                client.post("/admin/v1/targets", json={**target, "methods": ["guard"]}).raise_for_status()
         for _, (first, last, k) in zip(range(count), names):
             name = f"{first} {last} {k:x}"
             response = client.post("/admin/v1/targets", json={
@@ -92,9 +104,14 @@ def register_targets(base: str, count: int) -> float:
     return time.perf_counter() - started
 
 
-def load(url: str, *, concurrency: int, stream: bool, duration: float, tokens: int) -> dict:
+_seeds = itertools.count(1)
+
+
+def load(url: str, *, concurrency: int, stream: bool, duration: float, tokens: int, unique: bool = False) -> dict:
     command = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--concurrency", str(concurrency),
                "--duration", str(duration), "--max-tokens", str(tokens)] + (["--stream"] if stream else [])
+    if unique:
+        command += ["--unique-seed", str(next(_seeds))]
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=duration + 120)
     return orjson.loads(out.stdout)
 
@@ -107,6 +124,74 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def start_gateway(upstream_url: str, tmp: str, *, semantic: bool, workers: int) -> tuple[subprocess.Popen, str]:
+    """`unlearn-gateway serve --backend openai` in front of the fake upstream, with its own store."""
+    port = free_port()
+    env = {**os.environ, "UNLEARN_ADMIN_TOKEN": ADMIN_TOKEN, "UNLEARN_ALU": "false", "UNLEARN_ULD": "false",
+           "UNLEARN_GUARD_SEMANTIC": str(semantic).lower(), "HF_HUB_OFFLINE": "1",
+           "UNLEARN_CACHE_DIR": str(ROOT / "var" / "models")}  # the MiniLM export, made once per checkout
+    tokenizer = smollm2_gguf()
+    if tokenizer:
+        env["UNLEARN_UPSTREAM_TOKENIZER"] = tokenizer
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("unlearn-gateway")), "serve", "--backend", "openai",
+         "--upstream", upstream_url, "--port", str(port), "--store", f"sqlite:///{tmp}/bench-{port}.db",
+         "--log-level", "warning", "--workers", str(workers)], env=env, cwd=tmp)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def realistic(args: argparse.Namespace, console: Console) -> None:
+    """Repeated vs unique prompts, semantic on vs off: c=1 added p50 and c=64 req/s (see the module doc)."""
+    up_port = free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    procs: list[subprocess.Popen] = []
+    results: dict[tuple[str, int], dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port",
+                                           str(up_port), "--tokens", str(args.tokens)]))
+            wait_ready(upstream_url + "/v1/models", 30, procs[-1])
+            gateways = {}
+            for semantic in (True, False):
+                proc, url = start_gateway(upstream_url, tmp, semantic=semantic, workers=args.workers)
+                procs.append(proc)
+                wait_ready(url + "/readyz", 300, proc)
+                took = register_targets(url, args.targets, dev=True)
+                console.print(f"semantic {'on' if semantic else 'off'}: registered {args.targets} + dev targets "
+                              f"in {took:.1f} s")
+                load(url, concurrency=4, stream=True, duration=1.0, tokens=args.tokens)  # warm every path
+                gateways[semantic] = url
+            cases = [("direct upstream, unique prompts", upstream_url, True),
+                     ("gateway, one repeated prompt", gateways[True], False),
+                     ("gateway, every prompt different", gateways[True], True),
+                     ("gateway, every prompt different, semantic off", gateways[False], True)]
+            for (label, url, unique), c in itertools.product(cases, (1, 64)):
+                results[(label, c)] = load(url, concurrency=c, stream=True, duration=args.duration,
+                                           tokens=args.tokens, unique=unique)
+                console.print(f"  {label} c={c}: {results[(label, c)]['rps']:.0f} req/s")
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=15)
+    direct = results[(cases[0][0], 1)]
+    table = Table(title=f"Realistic traffic: streamed, {args.targets} synthetic + {8} dev targets, "
+                        f"{args.tokens} chunks, {args.workers} gateway process(es)")
+    for column in ("case", "c=1 p50 ms", "c=1 added p50 ms", "c=64 p50 ms", "c=64 req/s", "errors"):
+        table.add_column(column, justify="right")
+    for label, _, _ in cases:
+        one, many = results[(label, 1)], results[(label, 64)]
+        table.add_row(label, fmt(one["latency_ms"]["p50"]), fmt(added(direct, one, "latency_ms", "p50")),
+                      fmt(many["latency_ms"]["p50"]), f"{many['rps']:.0f}", str(one["errors"] + many["errors"]))
+    console.print(table)
+    on, off = results[(cases[2][0], 64)], results[(cases[3][0], 64)]
+    console.print(f"goal unique prompts c=64 >= 80 % of semantic off: {on['rps']:.0f} / {off['rps']:.0f} req/s = "
+                  f"{on['rps'] / max(off['rps'], 1e-9):.1%}")
+    console.print(f"goal c=1 added p50 <= 2 ms (unique prompts): "
+                  f"{fmt(added(direct, results[(cases[2][0], 1)], 'latency_ms', 'p50'))} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=int, default=1000)
@@ -117,26 +202,24 @@ def main() -> None:
     parser.add_argument("--paced-ms", type=float, default=1.0, help="chunk interval of the paced streams (0: skip)")
     parser.add_argument("--semantic", action=argparse.BooleanOptionalAction, default=True,
                         help="GUARD semantic detection on (the default deployment) or off")
+    parser.add_argument("--realistic", action="store_true", help="repeated vs unique prompts, semantic on vs off")
     args = parser.parse_args()
+    if args.realistic:
+        realistic(args, Console(width=200))
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     console = Console(width=200)
-    up_port, gw_port = free_port(), free_port()
-    upstream_url, gateway_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+    up_port = free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    tokenizer = smollm2_gguf()
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
             procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port",
                                            str(up_port), "--tokens", str(args.tokens)]))
             wait_ready(upstream_url + "/v1/models", 30, procs[-1])
-            env = {**os.environ, "UNLEARN_ADMIN_TOKEN": ADMIN_TOKEN, "UNLEARN_ALU": "false", "UNLEARN_ULD": "false",
-                   "UNLEARN_GUARD_SEMANTIC": str(args.semantic).lower(), "HF_HUB_OFFLINE": "1"}
-            tokenizer = smollm2_gguf()
-            if tokenizer:
-                env["UNLEARN_UPSTREAM_TOKENIZER"] = tokenizer
-            procs.append(subprocess.Popen(
-                [str(Path(sys.executable).with_name("unlearn-gateway")), "serve", "--backend", "openai",
-                 "--upstream", upstream_url, "--port", str(gw_port), "--store", f"sqlite:///{tmp}/bench.db",
-                 "--log-level", "warning", "--workers", str(args.workers)], env=env, cwd=tmp))
+            gateway, gateway_url = start_gateway(upstream_url, tmp, semantic=args.semantic, workers=args.workers)
+            procs.append(gateway)
             wait_ready(gateway_url + "/readyz", 300, procs[-1])
             console.print(f"registered {args.targets} targets in {register_targets(gateway_url, args.targets):.1f} s "
                           f"(GUARD semantic {'on' if args.semantic else 'off'}; "

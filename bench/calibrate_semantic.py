@@ -10,18 +10,29 @@ recall form a plateau, and the *middle* of the plateau is chosen, so the
 weakest positive and the strongest negative are both as far as possible from
 the cut (the dev set is small; a cut at either edge would be overfitted).
 
-Usage:  python bench/calibrate_semantic.py [--no-cost]
+Static first stage (`bench/static_model.py`, measured, not served): the gate is the largest cut such that every
+(unit, target) pair of every dev probe that MiniLM scores within `GATE_MARGIN` of the threshold
+scores at least cut + `GATE_SLACK` statically -- so the cascade dismisses no unit MiniLM would
+have matched, on the dev set with a margin. The table compares MiniLM alone, static alone
+(thresholded by the same rule) and the cascade, and says how many units the gate sends to MiniLM.
+
+Usage:  python bench/calibrate_semantic.py [--no-cost] [--cache-dir var/models]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from gateway.store.models import TargetCreate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.prompts when run as a script
+
+from gateway.store.models import TargetCreate  # noqa: E402
 from guards.dev_set import DEV_TARGETS, GENERAL_NEGATIVES, NEGATIVE_PROBES, NEIGHBOUR_PROBES, POSITIVE_PROBES
 from guards.semantic import (
     DEFAULT_THRESHOLD,
@@ -30,10 +41,14 @@ from guards.semantic import (
     conversation_units,
     decode_embeddings,
     embed_target,
+    target_passages,
 )
 from guards.semantic_index import SemanticIndex
+from bench.static_model import StaticEmbedder  # noqa: E402
 
 MAX_FPR = 0.05
+GATE_MARGIN = 0.05
+GATE_SLACK = 0.02
 GRID = np.round(np.arange(0.20, 0.801, 0.01), 2)
 
 
@@ -107,6 +122,55 @@ def calibrate(embedder: Embedder) -> float:
     return chosen
 
 
+def unit_scores(encode, index: SemanticIndex, probe: str) -> np.ndarray:
+    """(units, targets) cosines of a one-turn conversation's units, every pair."""
+    vectors = encode(conversation_units([{"role": "user", "content": probe}]))
+    return np.array([[hit.get(i, -1.0) for i in index.ids] for hit in index.unit_hits(vectors, -2.0)])
+
+
+def calibrate_gate(embedder: Embedder, static: StaticEmbedder, threshold: float) -> float:
+    """The static gate (see the module doc) and the MiniLM / static / cascade comparison."""
+    from bench.prompts import unique_prompts
+
+    targets = [TargetCreate(**t) for t in DEV_TARGETS]
+    minilm = SemanticIndex((t.name, decode_embeddings(embed_target(embedder, t))) for t in targets)
+    coarse = SemanticIndex((t.name, static.encode(target_passages(t))) for t in targets)
+    ids = list(minilm.ids)
+    probes = [(name, p) for name, ps in POSITIVE_PROBES.items() for p in ps] + [(None, p) for p in NEGATIVE_PROBES]
+    scored = [(name, p, unit_scores(embedder.encode, minilm, p), unit_scores(static.encode, coarse, p))
+              for name, p in probes]
+    near = np.concatenate([s[m >= threshold - GATE_MARGIN] for _, _, m, s in scored])
+    cut = float(np.floor((near.min() - GATE_SLACK) * 100) / 100)
+    print(f"\n-- static gate (MiniLM pairs >= {threshold - GATE_MARGIN:.2f}: {len(near)}, their static min "
+          f"{near.min():.3f}) -> gate {cut:.2f}")
+
+    def rates(fired) -> tuple[float, float]:
+        pos = [fired(name, m, s) for name, _, m, s in scored if name is not None]
+        neg = [fired(None, m, s) for name, _, m, s in scored if name is None]
+        return sum(pos) / len(pos), sum(neg) / len(neg)
+
+    own = lambda name, m: m[:, ids.index(name)] if name else m  # noqa: E731
+    static_thr = min((t for t in GRID if rates(lambda n, m, s, t=t: bool((own(n, s) >= t).any()))[1] <= MAX_FPR))
+    rows = [("MiniLM alone", rates(lambda n, m, s: bool((own(n, m) >= threshold).any()))),
+            (f"static alone (>= {static_thr:.2f})", rates(lambda n, m, s: bool((own(n, s) >= static_thr).any()))),
+            (f"cascade (gate {cut:.2f})", rates(lambda n, m, s: bool(
+                (own(n, np.where(s.max(axis=1, keepdims=True) >= cut, m, -1.0)) >= threshold).any())))]
+    print(f"{'detector':<28} {'recall':>7} {'FPR':>6}")
+    for label, (recall, fpr) in rows:
+        print(f"{label:<28} {recall:7.3f} {fpr:6.3f}")
+    groups = {
+        "positives": [s for n, _, _, s in scored if n],
+        "neighbours": [s for n, p, _, s in scored if n is None and p not in GENERAL_NEGATIVES],
+        "general": [s for n, p, _, s in scored if p in GENERAL_NEGATIVES],
+        "bench generator (500)": [unit_scores(static.encode, coarse, p)
+                                  for p in itertools.islice(unique_prompts(seed=7), 500)],
+    }
+    for label, group in groups.items():
+        units = np.concatenate([s.max(axis=1) for s in group])
+        print(f"  units sent to MiniLM, {label:<22} {(units >= cut).mean():6.1%} of {len(units)}")
+    return cut
+
+
 def _timed(fn, repeat: int) -> tuple[float, float]:
     """Min and median wall time in ms; the min is the fairer figure on a shared, busy box."""
     wall = []
@@ -120,7 +184,8 @@ def _timed(fn, repeat: int) -> tuple[float, float]:
 def measure_cost(embedder: Embedder) -> None:
     import torch
 
-    print(f"\n-- cost (CPU, torch threads = {torch.get_num_threads()}) --")
+    threads = "1 thread" if embedder.runtime == "onnx" else f"{torch.get_num_threads()} torch threads"
+    print(f"\n-- cost (CPU, MiniLM on {embedder.runtime}, {threads}) --")
     sentences = [s for t in DEV_TARGETS for s in [t["description"], *t["facts"]]]
     embedder.encode(["warm-up"])
     for n in (1, 8, 16, 32):
@@ -158,18 +223,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-cost", action="store_true", help="skip the timing measurements")
     parser.add_argument("--cost-only", action="store_true", help="only the timing measurements")
+    parser.add_argument("--cache-dir", default="var/models", help="where the distilled static model is cached")
+    parser.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help="MiniLM runtime")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    embedder = Embedder.bundled()
+    embedder = Embedder.bundled(runtime=args.runtime, cache_dir=args.cache_dir)
     t0 = time.perf_counter()
     embedder.load()
     print(f"model load: {(time.perf_counter() - t0):.1f} s")
     if not args.cost_only:
-        calibrate(embedder)
+        chosen = calibrate(embedder)
+        calibrate_gate(embedder, StaticEmbedder.bundled(args.cache_dir), chosen)
     if not args.no_cost:
         measure_cost(embedder)
 

@@ -1,7 +1,9 @@
 """Closed-loop HTTP load generator for the proxy benchmark: latency, TTFT, inter-chunk gaps.
 
-Each of `--concurrency` workers keeps one keep-alive connection and sends the
-same chat request back to back for `--duration` seconds (after `--warmup`).
+Each of `--concurrency` workers keeps one keep-alive connection and sends chat
+requests back to back for `--duration` seconds (after `--warmup`): the same one, or
+with `--unique-seed N` every request a different prompt from `bench/prompts.py`
+(real traffic: nothing is served from an embedding cache).
 Raw asyncio + httptools on uvloop: a Python client that costs far less per
 request than httpx, so it can drive a fast server from the same small machine.
 Prints one JSON object (times in milliseconds) for `bench_proxy.py` to tabulate.
@@ -15,6 +17,8 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httptools
@@ -43,15 +47,15 @@ class _Exchange:
         self.complete = True
 
 
-async def _worker(host: str, port: int, request: bytes, stream: bool, stop_at: float, record_from: float,
-                  results: dict) -> None:
+async def _worker(host: str, port: int, next_request: Callable[[], bytes], stream: bool, stop_at: float,
+                  record_from: float, results: dict) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             exchange = _Exchange(started)
             parser = httptools.HttpResponseParser(exchange)
-            writer.write(request)
+            writer.write(next_request())
             while not exchange.complete:
                 data = await reader.read(65536)
                 if not data:
@@ -89,23 +93,39 @@ def _percentiles(values: list[float]) -> dict:
     return {"p50": at(0.50), "p99": at(0.99), "mean": sum(ordered) / len(ordered) * 1000}
 
 
+def _requests(host: str, port: int, *, stream: bool, model: str, max_tokens: int, api_key: str | None,
+              unique_seed: int | None) -> Callable[[], bytes]:
+    """The next request's bytes: always the same one, or each with the next unique prompt."""
+
+    def build(prompt: str) -> bytes:
+        body = orjson.dumps({"model": model, "max_tokens": max_tokens, "stream": stream,
+                             "messages": [{"role": "user", "content": prompt}]})
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n")
+        if api_key:
+            head += f"Authorization: Bearer {api_key}\r\n"
+        return (head + "\r\n").encode() + body
+
+    if unique_seed is None:
+        request = build("Write one sentence about the weather in spring.")
+        return lambda: request
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.prompts import unique_prompts
+
+    prompts = unique_prompts(seed=unique_seed)
+    return lambda: build(next(prompts))
+
+
 async def run(url: str, *, concurrency: int, duration: float, warmup: float, stream: bool, model: str,
-              max_tokens: int, api_key: str | None) -> dict:
+              max_tokens: int, api_key: str | None, unique_seed: int | None = None) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    body = orjson.dumps({
-        "model": model, "max_tokens": max_tokens, "stream": stream,
-        "messages": [{"role": "user", "content": "Write one sentence about the weather in spring."}],
-    })
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n")
-    if api_key:
-        head += f"Authorization: Bearer {api_key}\r\n"
-    request = (head + "\r\n").encode() + body
+    next_request = _requests(host, port, stream=stream, model=model, max_tokens=max_tokens, api_key=api_key,
+                             unique_seed=unique_seed)
     results: dict = {"ok": 0, "errors": 0, "latency": [], "ttft": [], "gaps": [], "events": []}
     now = time.perf_counter()
     record_from, stop_at = now + warmup, now + warmup + duration
-    await asyncio.gather(*(_worker(host, port, request, stream, stop_at, record_from, results)
+    await asyncio.gather(*(_worker(host, port, next_request, stream, stop_at, record_from, results)
                            for _ in range(concurrency)))
     elapsed = time.perf_counter() - record_from
     return {
@@ -127,6 +147,7 @@ def main() -> None:
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--api-key")
+    parser.add_argument("--unique-seed", type=int, help="every request a different prompt (bench/prompts.py)")
     args = parser.parse_args()
     try:
         from uvloop import run as run_loop
@@ -134,7 +155,7 @@ def main() -> None:
         run_loop = asyncio.run
     result = run_loop(run(args.url, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
                              stream=args.stream, model=args.model, max_tokens=args.max_tokens,
-                             api_key=args.api_key))
+                             api_key=args.api_key, unique_seed=args.unique_seed))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 

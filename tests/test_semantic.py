@@ -5,6 +5,7 @@ The model is loaded once per session; the dev-set index once per module.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -302,3 +303,46 @@ def test_detector_skips_the_model_when_the_index_is_empty() -> None:
 
     detector = SemanticDetector(Boom("/nonexistent"), DEFAULT_THRESHOLD)
     assert detector.detect(ask("Who wrote The Hobbit?"), SemanticIndex([])) == {}
+
+
+def test_building_an_index_makes_blas_single_threaded() -> None:
+    """The index's products are 1-32 query rows: OpenBLAS's worker threads spun against the event
+    loop on a busy 2-core box (9.4 ms per 1 x 4k product, against 0.43 ms single-threaded)."""
+    from threadpoolctl import threadpool_info
+
+    SemanticIndex([("t1", np.eye(2, 384, dtype=np.float32))])
+    numpy_blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas" and "numpy" in pool["filepath"]]
+    assert numpy_blas and all(pool["num_threads"] == 1 for pool in numpy_blas)
+
+
+def test_guard_keeps_only_the_best_semantic_matches(embedder: Embedder) -> None:
+    """A prompt near many look-alike targets put them all in play, and planning then built key-term
+    structures over every one of them on the event loop (28-31 s per prompt at 10,000 targets)."""
+    from gateway.pipeline.methods import RequestContext
+    from gateway.pipeline.snapshot import TenantTargets
+    from gateway.store.models import ForgetTarget, utcnow
+    from guards.guard_method import MAX_SEMANTIC_HITS, GuardConfig, GuardMethod
+
+    guard = GuardMethod(GuardConfig(), embedder, lambda: None)
+    now = utcnow()
+    crowd = [ForgetTarget(id=f"p{k:02d}", name=f"Alice Abernathy {k:x}", aliases=[f"Abernathy-{k:x}"],
+                          description=f"Alice Abernathy {k:x} is a private individual who asked to be forgotten.",
+                          facts=[f"Alice Abernathy {k:x} lives in a small town."], methods=["guard"],
+                          created_at=now, updated_at=now, created_by="test") for k in range(3 * MAX_SEMANTIC_HITS)]
+    crowd = [t.model_copy(update={"derived": {"guard": d}}) for t, d in zip(crowd, guard.derive_many(crowd))]
+    prompt = [{"role": "user", "content": "Where does Alise Abernathi, the private individual, live?"}]
+    uncapped = SemanticDetector(embedder, DEFAULT_THRESHOLD).detect(
+        prompt, SemanticIndex((t.id, decode_embeddings(t.derived["guard"]["passages"])) for t in crowd))
+    assert len(uncapped) > MAX_SEMANTIC_HITS  # the prompt really is near more of them than the cap
+    scores = asyncio.run(guard.detect(RequestContext("default", prompt, TenantTargets("default", crowd))))
+    assert len(scores) == MAX_SEMANTIC_HITS
+    assert min(scores.values()) >= sorted(uncapped.values())[-MAX_SEMANTIC_HITS]  # the best ones
+
+
+def test_onnx_runtime_embeds_exactly_like_sentence_transformers(embedder: Embedder) -> None:
+    """The default runtime (ONNX, 4x faster here) must not move a stored passage's cosine."""
+    torch_embedder = Embedder.bundled(runtime="torch")
+    texts = ["The Oxford professor who invented Elvish.", "Qui a écrit Le Seigneur des anneaux ?", "x " * 600,
+             "Tolkien"]
+    assert embedder.runtime == "onnx"
+    np.testing.assert_allclose(embedder.encode(texts), torch_embedder.encode(texts), atol=1e-5)
