@@ -18,7 +18,14 @@ ordinary words never are:
 
 They apply only while detection says the target is in play, so an unrelated
 answer may still say "Oxford"; the always-on floor (`floor_names`) stays the names,
-aliases and the singulars of plural names.
+aliases and the singulars of plural names, plus the *distinctive parts* of names
+(`name_parts`: "Einstein" of "Albert Einstein", "Curie", "Sklodowska"): surname-like
+words that are no common English word (Zipf < 4.0), so "Dr. Hans Einstein" cannot stand
+in for the target when detection misses the question. A surname that is also an
+ordinary word ("Potter", "Swift") and first names ("Harry", "Albert") are not banned on
+their own: they are key terms, banned only while the target is in play. The output
+gate lets a part through when the user wrote it ("Who was Pierre Curie?"): echoing the
+user's own word reveals nothing, as for key terms.
 
 `cue_terms` are the rarest of them (Zipf < 3.0: "Quenya", "Quidditch", "polonium"):
 one in a prompt puts the target in play, as a name would, because almost nothing
@@ -43,6 +50,7 @@ CUE_MAX_ZIPF = 3.0
 FUZZY_MAX_ZIPF = 3.5
 FUZZY_NAME_MAX_ZIPF = 4.2
 NAME_WORD_MIN_LEN = 4
+NAME_PART_MAX_ZIPF = 4.0
 
 # Capitalised name words too common to ban on their own ("Mount" of "Mount Everest").
 _COMMON_NAME_WORDS = frozenset(
@@ -74,9 +82,29 @@ def name_words(target: ForgetTarget) -> list[str]:
 
 
 def floor_names(target: ForgetTarget) -> list[str]:
-    """What the always-on floor bans: the names and aliases, and the singular of a plural name."""
+    """What the always-on floor bans: the names and aliases, the singular of a plural name, and
+    the distinctive parts of names (`name_parts`)."""
     singulars = [s for phrase in target.surface_names for w in _WORD.findall(phrase) for s in _singular(w)]
-    return list(dict.fromkeys([*target.surface_names, *singulars]))
+    return list(dict.fromkeys([*target.surface_names, *singulars, *name_parts(target)]))
+
+
+def name_parts(target: ForgetTarget) -> list[str]:
+    """Surname-like parts that identify the target on their own: the last word of each multi-word
+    name or alias (and each part of it when hyphenated), capitalised, 4+ letters and no common
+    English word (Zipf < 4.0: "Einstein", "Curie", "Sklodowska"; not "Potter", "Swift", "Holmes").
+    First and middle names ("Albert", "Alison") are left to the in-play key terms."""
+    whole = {name.casefold() for name in target.surface_names}
+    parts: list[str] = []
+    for phrase in target.surface_names:
+        words = _WORD.findall(phrase)
+        if len(words) < 2:
+            continue
+        last = words[-1].rstrip("'’")
+        for part in dict.fromkeys([last, *last.split("-")]):
+            if (len(part) >= NAME_WORD_MIN_LEN and part[0].isupper() and part.casefold() not in whole
+                    and part.lower() not in _COMMON_NAME_WORDS and zipf(part) < NAME_PART_MAX_ZIPF):
+                parts.append(part)
+    return list(dict.fromkeys(parts))
 
 
 def _singular(word: str) -> list[str]:

@@ -39,7 +39,10 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Normalised", "normalise", "squeeze", "squeeze_append", "fold_char", "trailing_letter_run", "SEPARATORS"]
+__all__ = [
+    "Normalised", "normalise", "squeeze", "squeeze_append", "visible_tail", "fold_char", "trailing_letter_run",
+    "SEPARATORS",
+]
 
 # Single-char separators allowed between spaced-out letters (after folding).
 SEPARATORS = frozenset(" .,/*+':;~=·•∙⋅‧\\")
@@ -271,6 +274,16 @@ def squeeze(text: str) -> str:
             ch = " "
         out.append(ch)
     return "".join(out)
+
+
+def visible_tail(text: str, n: int) -> str:
+    """The last `n` chars of ``squeeze(text)``, squeezing only as much of a long prompt as needed
+    (padding it with invisible chars cannot push a name's beginning out of view)."""
+    out, end = "", len(text)
+    while end > 0 and len(out) < n:
+        start = max(0, end - 4 * n)
+        out, end = squeeze(text[start:end] + out), start
+    return out[-n:]
 
 
 def trailing_letter_run(text: str, limit: int) -> list[tuple[int, str]]:

@@ -14,32 +14,41 @@ one-shot form.  Matching rules:
 * base64-looking runs (>= 8 chars of the standard or urlsafe alphabet) are
   decoded at all 4 alignments (so a name encoded mid-run is found) and the
   printable parts of the UTF-8 are searched for keys of >= 4 chars (2 levels
-  deep).  Short keys are not searched there: random bytes spell "al" too often.
+  deep).  Short keys are not searched there: random bytes spell "al" too often;
+* spellings the fold cannot see (`guards.spellings`): ROT13 keys; a single word split
+  by one separator ("Tol kien") or misspelt by one edit ("Tolkein"), both as whole
+  words like short keys; string concatenation, character codes (decimal, hex), NATO
+  and Morse spelling, decoded only where the text looks like them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import ahocorasick
 
-from guards.normalize import Normalised, fold_char, normalise, squeeze_append, trailing_letter_run
+from guards.normalize import Normalised, fold_char, normalise, squeeze_append, trailing_letter_run, visible_tail
+from guards.spellings import (
+    B64_MIN_RUN,
+    b64_decodings,
+    b64_tail,
+    decoded_runs,
+    encoded_tail,
+    misspellings,
+    rot13,
+    split_variants,
+)
 
 __all__ = ["Match", "ForbiddenMatcher", "GateStep", "StreamGate", "redact"]
 
 SHORT_KEY = 4  # keys shorter than this need word boundaries
-B64_MIN_RUN = 8  # shortest base64 run worth decoding / holding back
 _B64_DEPTH = 2
 _ENCODED_CACHE_SIZE = 4096  # runs remembered per matcher (a matcher lives for one target snapshot)
 _ENCODED_CACHE_RUN = 64  # only word-sized runs: long ones are rare and would make the cache large
 _HEAD = 3  # key-start length `hold_back` pre-filters on
 _B64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{%d,}" % B64_MIN_RUN)
-_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
-_URLSAFE = str.maketrans("-_", "+/")
 _LEET = frozenset("@$!|")
 
 
@@ -63,27 +72,6 @@ def _trim(key: str) -> str:
     return key[i:j]
 
 
-def _b64_decodings(run: str) -> Iterator[str]:
-    """What ``run`` decodes to as UTF-8, at each of the 4 alignments.
-
-    Unprintable bytes become U+FFFD, a hard non-word break, so a name encoded
-    inside a longer run (whose other parts decode to garbage) is still found.
-    """
-    for piece in run.translate(_URLSAFE).split("="):
-        for off in range(4):
-            q = piece[off:]
-            q = q[: len(q) - (len(q) % 4 == 1)]
-            if len(q) < 6:
-                break
-            try:
-                raw = base64.b64decode(q + "=" * (-len(q) % 4))
-            except (binascii.Error, ValueError):
-                continue
-            text = raw.decode("utf-8", "replace")
-            if sum(c.isalnum() for c in text) >= SHORT_KEY:
-                yield "".join(c if c.isprintable() or c in " \n" else "\ufffd" for c in text)
-
-
 def _undecided(text: str, pos: int) -> bool:
     """True if text[pos:] is only leet symbols/invisibles: the next char decides
     whether they fold to letters ("Al" + "|" + "x" is one word "aiix")."""
@@ -103,10 +91,11 @@ def _build(keys: dict[str, object]) -> ahocorasick.Automaton | None:
 class ForbiddenMatcher:
     """Immutable multi-pattern matcher over normalised text; build once per snapshot."""
 
-    __slots__ = ("_long", "_short", "_max_len", "_count", "_encoded_hits", "_heads")
+    __slots__ = ("_long", "_short", "_rot", "_max_len", "_count", "_encoded_hits", "_heads")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         long_keys: dict[str, tuple[int, int]] = {}
+        rot_keys: dict[str, tuple[int, int]] = {}  # matched like long keys, never held back: "Gby" reveals nothing
         short_keys: dict[str, tuple[int, int, frozenset[str]]] = {}
         count = 0
         for idx, pattern in enumerate(patterns):
@@ -124,7 +113,21 @@ class ForbiddenMatcher:
             for variant in (key, key[::-1], compact):
                 if len(variant) >= SHORT_KEY:
                     long_keys.setdefault(variant, (len(variant), idx))
+            rotated = _trim(normalise(rot13(pattern)).text)
+            for variant in (rotated, "".join(c for c in rotated if c.isalnum())):
+                if len(variant) >= SHORT_KEY and variant not in long_keys:
+                    rot_keys.setdefault(variant, (len(variant), idx))
+            strict = _trim(normalise(pattern, strict=True).text)
+            if compact == key and strict.isalpha() and len(strict) == len(key):
+                # Whole-word spellings of a single word: "Tol kien" / "Tol-kien", "Tolkein".
+                words = [(key[: len(a)] + " " + key[len(a) :], a + " " + b) for a, b in split_variants(strict)]
+                words += [(m.replace("l", "i") if m.isascii() else normalise(m).text, m) for m in misspellings(strict)]
+                for loose, strict_form in words:
+                    old = short_keys.get(loose)
+                    forms = old[2] | {strict_form} if old else frozenset((strict_form,))
+                    short_keys[loose] = (len(loose), old[1] if old else idx, forms)
         self._long = _build(long_keys)
+        self._rot = _build(rot_keys)
         self._short = _build(short_keys)
         self._max_len = max(map(len, [*long_keys, *short_keys]), default=0)
         self._count = count
@@ -134,7 +137,7 @@ class ForbiddenMatcher:
         # base64-looking run -> pattern hit inside its decodings (or None). Ordinary long words
         # ("sentence", "something") look like base64 and recur in every other prompt and answer;
         # the matcher never changes, so what a run decodes to is looked at once.
-        self._encoded_hits: dict[tuple[str, int], int | None] = {}
+        self._encoded_hits: dict[tuple[str, int], int | None] = {}  # depth -1: `_scan_spelled` decodings
 
     @property
     def empty(self) -> bool:
@@ -165,16 +168,40 @@ class ForbiddenMatcher:
         hit = self._scan(text, nt, final, min_end)
         if hit is None:
             hit = self._scan_encoded(text, min_end, _B64_DEPTH)
+        if hit is None:
+            hit = self._scan_spelled(text, min_end)
         return hit
+
+    def _scan_spelled(self, text: str, min_end: int) -> Match | None:
+        """Concatenated strings, character codes, NATO and Morse runs (`guards.spellings`)."""
+        for start, end, decoded in decoded_runs(text, min_end):
+            if end <= min_end:
+                continue
+            key = (decoded, -1)
+            if key in self._encoded_hits:
+                pattern = self._encoded_hits[key]
+            else:
+                hit = self._scan(decoded, normalise(decoded), True, 0, long_only=True)
+                pattern = hit.pattern if hit is not None else None
+                if len(decoded) <= _ENCODED_CACHE_RUN:
+                    if len(self._encoded_hits) >= _ENCODED_CACHE_SIZE:
+                        self._encoded_hits.clear()
+                    self._encoded_hits[key] = pattern
+            if pattern is not None:
+                return Match(start, end, pattern, encoded=True)
+        return None
 
     def _scan(self, text: str, nt: Normalised, final: bool, min_end: int, long_only: bool = False) -> Match | None:
         s = nt.text
         best: Match | None = None
-        if self._long is not None:
-            for end, (klen, idx) in self._long.iter(s):
+        for automaton in (self._long, self._rot):
+            if automaton is None:
+                continue
+            for end, (klen, idx) in automaton.iter(s):
                 start, raw_end = nt.raw_span(end - klen + 1, end + 1)
                 if raw_end > min_end:
-                    best = Match(start, raw_end, idx)
+                    if best is None or raw_end < best.end:
+                        best = Match(start, raw_end, idx)
                     break
         if self._short is not None and not long_only:
             n = len(s)
@@ -214,7 +241,7 @@ class ForbiddenMatcher:
 
     def _decoded_pattern(self, run: str, depth: int) -> int | None:
         """The pattern found in what `run` decodes to (nested `depth` levels deep), or None."""
-        for decoded in _b64_decodings(run):
+        for decoded in b64_decodings(run):
             hit = self._scan(decoded, normalise(decoded), True, 0, long_only=True)
             if hit is None and depth > 1:
                 hit = self._scan_encoded(decoded, 0, depth - 1)
@@ -276,15 +303,6 @@ class GateStep:
     blocked: bool
 
 
-def _b64_tail(text: str) -> int:
-    """Length of the trailing base64-alphabet run if long enough to be encoded data."""
-    i = len(text)
-    while i and text[i - 1] in _B64_ALPHABET:
-        i -= 1
-    run = len(text) - i
-    return run if run >= B64_MIN_RUN else 0
-
-
 class StreamGate:
     """Per-response gate: releases streamed text that cannot be (part of) a name.
 
@@ -299,12 +317,14 @@ class StreamGate:
 
     __slots__ = ("_matcher", "_max_hold", "_tail_chars", "_tail", "_pending", "_blocked", "_done")
 
-    def __init__(self, matcher: ForbiddenMatcher, *, max_hold_chars: int | None = None) -> None:
+    def __init__(self, matcher: ForbiddenMatcher, *, max_hold_chars: int | None = None, context: str = "") -> None:
         need = 4 * (matcher.max_len + 16)
         self._matcher = matcher
         self._max_hold = max(need, 256) if max_hold_chars is None else max_hold_chars
         self._tail_chars = max(need, 3 * matcher.max_len + 32)
-        self._tail = ""
+        # The prompt's tail counts as released text: a name split across the prompt/output boundary
+        # ("... J.R.R. Tol" + "kien") ends in the output and blocks, one wholly inside the prompt never does.
+        self._tail = visible_tail(context, self._tail_chars)
         self._pending = ""
         self._blocked = False
         self._done = False
@@ -343,7 +363,7 @@ class StreamGate:
             return GateStep("", True)
         hold = 0
         if not final:
-            hold = max(self._matcher.hold_back(window, norm=nt), _b64_tail(window))
+            hold = max(self._matcher.hold_back(window, norm=nt), b64_tail(window), encoded_tail(window))
             hold = min(hold, len(self._pending), self._max_hold)
         cut = len(self._pending) - hold
         while 0 < cut < len(self._pending):

@@ -31,7 +31,8 @@ produce for the phrase in running text, not every possible spelling):
   tokenizers (Llama 2, Mistral) do, as they mark word starts themselves.
 
 Non-canonical spellings the model might choose (" Tol" + "kien") are not
-enumerated; the prefix penalty and the output gate cover those.
+enumerated; the prefix penalty and the output gate cover those, and a prompt that
+ends inside a name is handled on text (`guards.tail_ban`, via `TokenTrie.tail_forms`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
+
+from guards.tail_ban import TailBan, TailForms, as_index
 
 __all__ = ["surface_forms", "forbidden_sequences", "TokenTrie", "TrieRestriction", "ROOT"]
 
@@ -110,7 +113,10 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 def forbidden_sequences(tokenizer: Any, phrases: Iterable[str]) -> list[tuple[int, ...]]:
     """Token-id sequences of all surface forms of `phrases`, incl. after-context splits (sorted, unique)."""
-    forms = _dedupe(f for phrase in phrases for f in surface_forms(phrase))
+    return _sequences_of_forms(tokenizer, _dedupe(f for phrase in phrases for f in surface_forms(phrase)))
+
+
+def _sequences_of_forms(tokenizer: Any, forms: list[str]) -> list[tuple[int, ...]]:
     found: set[tuple[int, ...]] = {tuple(ids) for ids in _encode(tokenizer, forms) if ids}
     glued = [f for f in forms if not f[0].isspace()]
     for context, prefix in zip(_CONTEXTS, _encode(tokenizer, list(_CONTEXTS))):
@@ -137,9 +143,12 @@ class TokenTrie:
 
     __slots__ = (
         "_sequences", "_stride", "_edges", "_fail", "_link", "_c_ptr", "_c_ids", "_e_ptr", "_e_ids", "_max_depth",
+        "tail_forms",
     )
 
-    def __init__(self, sequences: Iterable[Sequence[int]]):
+    def __init__(self, sequences: Iterable[Sequence[int]], tail_forms: TailForms | None = None):
+        self.tail_forms = tail_forms
+        """The surface forms as text, for names split across the prompt/output boundary (`build` sets it)."""
         seqs = sorted({tuple(int(t) for t in seq) for seq in sequences if len(seq) > 0})
         if any(t < 0 for seq in seqs for t in seq):
             raise ValueError("token ids must be non-negative")
@@ -203,7 +212,8 @@ class TokenTrie:
 
     @classmethod
     def build(cls, tokenizer: Any, phrases: Iterable[str]) -> TokenTrie:
-        return cls(forbidden_sequences(tokenizer, phrases))
+        forms = _dedupe(f for phrase in phrases for f in surface_forms(phrase))
+        return cls(_sequences_of_forms(tokenizer, forms), TailForms(tokenizer, forms) if forms else None)
 
     @property
     def sequences(self) -> tuple[tuple[int, ...], ...]:
@@ -295,7 +305,9 @@ class TrieRestriction:
     The state advances by the tokens appended since the last call (one per decode
     step), so the cost per step does not grow with the output.  On the first call
     the state is seeded from the prompt's tail, so a completion prompt ending in
-    "J.R.R." still cannot be continued with " Tolkien".
+    "J.R.R." still cannot be continued with " Tolkien"; and when the trie was built
+    from text (`TokenTrie.build`), a prompt ending inside a name ("J.R.R. Tol") cannot
+    be finished in any tokenisation ("kien", "k" + "ien": `guards.tail_ban`).
     """
 
     def __init__(
@@ -316,6 +328,7 @@ class TrieRestriction:
         self.prefix_penalty = float(prefix_penalty)
         self._state = ROOT
         self._seen = -1  # output tokens consumed so far; -1: prompt not seeded yet
+        self._tail = TailBan(trie.tail_forms) if trie.tail_forms is not None else None
 
     @property
     def state(self) -> int:
@@ -346,6 +359,13 @@ class TrieRestriction:
         nodes = trie.partial_matches(state)
         complete = [ids for ids in (trie.completing(ROOT), *map(trie.completing, nodes)) if ids.numel()]
         extend = [ids for ids in map(trie.extending, nodes) if ids.numel()] if self.prefix_penalty else []
+        if self._tail is not None:
+            tail_complete, tail_extend = self._tail.ids(prompt_ids, output_ids)
+            if tail_complete:
+                complete.append(as_index(tail_complete, logits.shape[-1]))
+            if tail_extend and self.prefix_penalty:
+                # Not also completing elsewhere (those are written last anyway): one adjustment per token.
+                extend.append(as_index(tail_extend, logits.shape[-1]))
         # Read every new value before writing any: a token reachable from several partial
         # matches is written the same value each time, so it is adjusted once, never twice.
         # Completions are written last, so they win over extensions.

@@ -102,7 +102,7 @@ CLEAN = [
     "Tolstoy wrote War and Peace. To be or not to be. Tol is a prefix.",
     "Hello world, this is a perfectly ordinary answer about hobbits and rings.",
     "Bilbo is a name; Baggage claim is downstairs. Hermione-like Grangers",
-    "Tolkie is not a word, Tolkiem? no: Tol kien, T o l s t o y.",
+    "Tolkie is not a word, Tolkiem? no: Tol kin, T o l s t o y.",  # "Tol kien" is gated: test_spellings.py
     "An internationalization-friendly, extraordinarily straightforward explanation.",
     "Line one\n\nLine two\twith tabs   and  spaces \u00e9\u00e8 \u4e2d\u6587 \U0001f468\u200d\U0001f469\u200d\U0001f467",
     "Numbers 1937, 2024 and a b c d; e-mail me@example.com, $5 off!",

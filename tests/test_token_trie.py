@@ -266,6 +266,47 @@ def test_prompt_tail_seeds_state(tokenizer: Any) -> None:
     assert torch.isfinite(out[tolkien])
 
 
+def _segmentations(tokenizer: Any, text: str) -> list[list[int]]:
+    """Every way to write `text` as a sequence of vocabulary tokens (exact pieces)."""
+    vocab = {tokenizer.decode([i]): i for i in range(len(tokenizer))}
+    out: list[list[int]] = []
+
+    def walk(rest: str, acc: list[int]) -> None:
+        if not rest:
+            out.append(acc)
+            return
+        for k in range(1, len(rest) + 1):
+            if rest[:k] in vocab:
+                walk(rest[k:], [*acc, vocab[rest[:k]]])
+
+    walk(text, [])
+    return out
+
+
+def test_prompt_ending_inside_a_name_bans_every_tokenisation_of_the_rest(tokenizer: Any) -> None:
+    """Issue 12 item 1: "... J.R.R. Tol" + "kien". The whole-name trie has no " Tol" "kien" path; the
+    text-level tail ban finishes none of the rest's tokenisations, in any case or possessive."""
+    trie = TokenTrie.build(tokenizer, ["J.R.R. Tolkien", "Tolkien"])
+    for prompt in ["The Hobbit was written by J.R.R. Tol", "written by TOL", "(Tolk"]:
+        rest = "Tolkien"[len(prompt.rsplit(" ", 1)[-1].lstrip("(")) :]
+        rest = rest.upper() if prompt.endswith("TOL") else rest
+        ways = _segmentations(tokenizer, rest) + _segmentations(tokenizer, rest + "'s")
+        assert ways, rest
+        for way in ways:
+            hook = TrieRestriction(trie)
+            for step, token in enumerate(way):
+                out = hook(ids(tokenizer, prompt), way[:step], torch.zeros(VOCAB))
+                if step == len(way) - 1 or "".join(tokenizer.decode([t]) for t in way[: step + 1]).lower() \
+                        .startswith(rest.lower()):
+                    assert out[token] == NEG_INF, (prompt, way, step)
+                    break
+                assert torch.isfinite(out[token]) and out[token] < 0, (prompt, way, step)  # walks in: penalised
+    # The prompt's own complete name, or a diverging continuation, bans nothing beyond the trie's.
+    hook = TrieRestriction(trie, prefix_penalty=0.0)
+    out = hook(ids(tokenizer, "written by J.R.R. Tol"), ids(tokenizer, "stoy"), torch.zeros(VOCAB))
+    assert int((out == NEG_INF).sum()) == len(trie.completing(0))
+
+
 class ReadLog(Sequence[int]):
     """An output list that records which positions the hook reads."""
 

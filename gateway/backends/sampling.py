@@ -60,6 +60,19 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+LOGPROB_MARGIN = 8
+"""Alternatives fetched beyond `top_logprobs`: the output filter drops those that would complete a
+forbidden string and refills from these, so the count a client sees never depends on its targets."""
+
+
+def alternatives_to_fetch(requested: int, cap: int | None = None) -> int:
+    """How many alternatives a backend should produce for `requested` ones (0 stays 0), at most `cap`."""
+    if requested <= 0:
+        return 0
+    wanted = requested + LOGPROB_MARGIN
+    return wanted if cap is None else max(requested, min(wanted, cap))
+
+
 def top_alternatives(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """Top-k (token id, logprob) pairs, never including tokens a hook removed (-inf)."""
     if k <= 0:

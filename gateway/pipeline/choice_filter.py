@@ -6,9 +6,17 @@ hold back only what could still become a forbidden string. Sentence checks
 finished and ask whether the sentence reveals a target.
 
 Logprobs travel with the text that produced them: an entry is released only after
-its token's text has been released, and alternatives in `top_logprobs` that
-would spell (or start spelling) a forbidden string are dropped. Otherwise a name
-held back in the text could still leak through the logprobs channel.
+its token's text has been released. An alternative in `top_logprobs` is dropped
+only when, appended to the text before its token (prompt tail included), it would
+complete a forbidden string: dropping every *prefix* of a name (" Tol") made the
+count of alternatives an oracle for which names are registered. Backends fetch a
+margin of extra alternatives (`gateway.backends.sampling.alternatives_to_fetch`),
+so the list is refilled from the next best and cut to exactly the requested
+number; the sampled token itself is never dropped (its text was released).
+
+The prompt's tail is where the output continues: gates start with it as already
+released text, so "... J.R.R. Tol" + "kien" blocks while a name wholly inside
+the prompt never does.
 """
 
 from __future__ import annotations
@@ -36,24 +44,29 @@ class FilteredDelta:
 class ChoiceFilter:
     """Chains one StreamGate per matcher, then the sentence checks; once blocked, releases nothing."""
 
-    def __init__(self, matchers: Sequence[ForbiddenMatcher], sentence_checks: Sequence[SentenceCheck] = ()):
+    def __init__(self, matchers: Sequence[ForbiddenMatcher], sentence_checks: Sequence[SentenceCheck] = (), *,
+                 prompt_tail: str = "", top_logprobs: int | None = None):
         self._matchers = [m for m in matchers if not m.empty]
-        self._gates = [StreamGate(m) for m in self._matchers]
+        self._gates = [StreamGate(m, context=prompt_tail) for m in self._matchers]
         self._sentence_checks = list(sentence_checks)
         self._unfinished_sentence = ""
         self._raw_len = 0
         self._released_len = 0
-        self._raw_tail = ""
+        self._context_chars = max([_ALT_CONTEXT_CHARS, *(2 * m.max_len + 16 for m in self._matchers)])
+        self._raw_tail = prompt_tail[-self._context_chars :]
+        self._top_k = top_logprobs
         self._pending_logprobs: deque[tuple[int, TokenLogprob]] = deque()
         self.blocked = False
 
     async def feed(self, chunk: GenerationChunk) -> FilteredDelta:
         if self.blocked:
             return FilteredDelta(blocked=True)
+        context = self._raw_tail
         for lp in chunk.logprobs:
-            self._pending_logprobs.append((self._raw_len + len(chunk.text), self._clean_alternatives(lp)))
+            self._pending_logprobs.append((self._raw_len + len(chunk.text), self._clean_alternatives(lp, context)))
+            context += lp.token
         self._raw_len += len(chunk.text)
-        self._raw_tail = (self._raw_tail + chunk.text)[-_ALT_CONTEXT_CHARS:]
+        self._raw_tail = (self._raw_tail + chunk.text)[-self._context_chars :]
         text = chunk.text
         for gate in self._gates:
             step = gate.feed(text)
@@ -112,12 +125,16 @@ class ChoiceFilter:
         self._pending_logprobs.clear()
         return FilteredDelta(blocked=True)
 
-    def _clean_alternatives(self, lp: TokenLogprob) -> TokenLogprob:
-        if not lp.top or not self._matchers:
-            return lp
-        kept = tuple(alt for alt in lp.top if not self._alternative_leaks(alt[0]))
-        return lp if len(kept) == len(lp.top) else replace(lp, top=kept)
+    def _clean_alternatives(self, lp: TokenLogprob, context: str) -> TokenLogprob:
+        """Exactly `top_k` alternatives (as many as the backend had when it had fewer), best first,
+        without those that would complete a forbidden string after `context`."""
+        top = lp.top
+        if top and self._matchers:
+            top = tuple(alt for alt in top if alt[0] == lp.token or not self._completes_forbidden(context, alt[0]))
+        if self._top_k is not None:
+            top = top[: self._top_k]
+        return lp if top == lp.top else replace(lp, top=top)
 
-    def _alternative_leaks(self, piece: str) -> bool:
-        candidate = self._raw_tail + piece
-        return any(m.first_match(candidate) is not None or m.hold_back(candidate) > 0 for m in self._matchers)
+    def _completes_forbidden(self, context: str, piece: str) -> bool:
+        candidate = context + piece
+        return any(m.first_match(candidate, min_end=len(context)) is not None for m in self._matchers)
