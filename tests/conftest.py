@@ -101,3 +101,21 @@ def gateway(make_gateway: Callable[..., GatewayServer]) -> GatewayServer:
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """A scripted OpenAI-compatible upstream (`tests/scripted_upstream.py`), one per test module."""
+    from scripted_upstream import ScriptedUpstream
+
+    with ScriptedUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def scripted_gateway(make_gateway, scripted) -> GatewayServer:
+    """A gateway in front of `scripted`, GUARD exporting its bans in SmolLM2's vocabulary."""
+    from gateway.backends.model_files import resolve_model_dir
+
+    return make_gateway(backend="openai", upstream_url=scripted.url, guard_semantic=False,
+                        upstream_tokenizer=str(resolve_model_dir(None, REPO / "var" / "models")))

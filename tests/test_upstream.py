@@ -10,12 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +18,6 @@ from collections.abc import Callable, Iterator
 import httpx
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,8 +25,9 @@ from starlette.routing import Route
 
 from conftest import REPO, admin_headers
 from gateway.backends.base import BackendError, GenerationRequest, SamplingParams
-from gateway.backends.model_files import default_gguf, resolve_model_dir
+from gateway.backends.model_files import resolve_model_dir
 from gateway.backends.openai_upstream import OpenAIUpstream, normalise_base_url
+from gateway.backends.sampling import LOGPROB_MARGIN
 from gateway.backends.upstream_http import map_status_error
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext
@@ -40,9 +35,10 @@ from gateway.pipeline.pipeline import RequestPlan
 from gateway.pipeline.snapshot import TenantTargets
 from gateway.settings import DEFAULT_REFUSAL
 from gateway_server import GatewayServer, free_port
+from threaded_server import ThreadedServer
 from guards.token_trie import TokenTrie, TrieRestriction
+from peers import MODEL, start_llama_server
 
-MODEL = "SmolLM2-135M-Instruct"
 TOLKIEN = {"name": "J.R.R. Tolkien", "aliases": ["Tolkien", "John Ronald Reuel Tolkien"], "methods": ["guard"]}
 QUESTION = "Who wrote The Lord of the Rings?"
 
@@ -59,38 +55,8 @@ def tokenizer_dir() -> str:
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m llama_cpp.server` on the SmolLM2 GGUF; a missing package fails the tests, never skips them."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.fail("llama-cpp-python[server] is not installed: run `make upstream-peer` (builds once into the "
-                    "wheel cache) — the upstream tests need a real OpenAI-compatible server", pytrace=False)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf()), "--model_alias", MODEL,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--seed", "0"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}",
-                            pytrace=False)
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready in 180 s:\n{log_path.read_text()[-3000:]}", pytrace=False)
-            time.sleep(0.2)
+    with start_llama_server(tmp_path_factory.mktemp("llama")) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.fixture
@@ -108,7 +74,7 @@ def llama_gateway(upstream_gateway, llama_server) -> GatewayServer:
     return upstream_gateway(llama_server)
 
 
-class FakeUpstream:
+class FakeUpstream(ThreadedServer):
     """A real HTTP server speaking (or mangling) the OpenAI API, one behaviour per `mode`."""
 
     def __init__(self, mode: str):
@@ -116,31 +82,12 @@ class FakeUpstream:
         self.bodies: list[dict] = []
         self.headers: list[dict[str, str]] = []
         self.stream_closed = threading.Event()
-        self.port = free_port()
         app = Starlette(routes=[
             Route("/v1/models", self._models),
             Route("/v1/chat/completions", self._complete, methods=["POST"]),
             Route("/v1/completions", self._complete, methods=["POST"]),
         ])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeUpstream:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline, "fake upstream did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        super().__init__(app, "fake upstream")
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
@@ -513,7 +460,7 @@ def test_sampling_params_are_mapped(upstream_gateway):
                                      "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")} == {
             "model": MODEL, "max_tokens": 7, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n\n"],
             "presence_penalty": 0.5, "frequency_penalty": 0.25, "logit_bias": {"42": 5.0}, "logprobs": True,
-            "top_logprobs": 2}
+            "top_logprobs": 2 + LOGPROB_MARGIN}  # a margin the output filter refills dropped alternatives from
         assert sent["stream_options"] == {"include_usage": True}
 
 

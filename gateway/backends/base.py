@@ -42,10 +42,15 @@ class SamplingParams:
 
 @dataclass
 class GenerationRequest:
-    """One sequence to generate: either chat `messages` or a raw `prompt`."""
+    """One sequence to generate: either chat `messages` or a raw `prompt`.
+
+    `messages` are OpenAI chat messages: role/content strings for plain text, and for
+    the upstream backend also content-part lists, assistant `tool_calls` and `tool`
+    turns, passed on as the client sent them (`features` says which backend takes what).
+    """
 
     params: SamplingParams
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     logits_hooks: list[LogitsHook] = field(default_factory=list)
     request_id: str = ""
@@ -54,6 +59,11 @@ class GenerationRequest:
     for backends with `supports_logits_hooks == False`: an upstream server cannot run our Python
     hooks, so the backend translates these into the upstream's own controls (`logit_bias` for
     single-token sequences, vLLM `bad_words` / logits-processor args). Ids are in `tokenizer`'s vocab."""
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    """OpenAI `response_format` (`json_object` / `json_schema`); None for free text."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,16 @@ class TokenLogprob:
     logprob: float
     bytes: list[int]
     top: tuple[tuple[str, float, list[int]], ...] = ()
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of one streamed tool call (OpenAI `delta.tool_calls[i]`): fragments to append by `index`."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass
@@ -74,6 +94,7 @@ class GenerationChunk:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 class BackendError(RuntimeError):
@@ -106,6 +127,17 @@ def count_prompt_tokens(tokenizer: Any, request: GenerationRequest) -> int:
         return len(tokenizer.encode(request.prompt or "", add_special_tokens=True))
     except Exception:  # e.g. a tokenizer without a chat template: usage stays unknown
         return 0
+
+
+TOOLS = "tools"
+CONTENT_PARTS = "content_parts"
+JSON_OUTPUT = "json_output"
+"""Names in `Backend.features`: what a backend takes beyond plain-text chat."""
+
+
+def backend_features(backend: Any) -> frozenset[str]:
+    """A backend's optional capabilities (none unless it declares `features`)."""
+    return frozenset(getattr(backend, "features", ()))
 
 
 @runtime_checkable

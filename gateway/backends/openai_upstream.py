@@ -49,7 +49,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.backends.base import BackendError, GenerationChunk, GenerationRequest, count_prompt_tokens
+from gateway.backends.base import (
+    CONTENT_PARTS,
+    JSON_OUTPUT,
+    TOOLS,
+    BackendError,
+    GenerationChunk,
+    GenerationRequest,
+    count_prompt_tokens,
+)
 from gateway.backends.model_files import load_tokenizer
 from gateway.backends.http_client import ConnectionBroken, HTTPClientError
 from gateway.backends.upstream_http import (
@@ -61,6 +69,7 @@ from gateway.backends.upstream_http import (
     map_transport_error,
 )
 from gateway.backends.upstream_stream import StreamRecord, upstream_chunks
+from gateway.backends.sampling import alternatives_to_fetch
 from gateway.backends.vllm_plugin import XARGS_KEY
 
 if TYPE_CHECKING:
@@ -112,6 +121,8 @@ class OpenAIUpstream:
     """Proxies generation to an OpenAI-compatible server; see the module docstring."""
 
     supports_logits_hooks = False
+    features = frozenset({TOOLS, CONTENT_PARTS, JSON_OUTPUT})
+    """Passed through to the upstream: tools, image/audio parts, `response_format` (see `payload`)."""
 
     def __init__(
         self,
@@ -291,6 +302,10 @@ class OpenAIUpstream:
         }
         if chat:
             body["messages"] = request.messages
+            for key in ("tools", "tool_choice", "parallel_tool_calls", "response_format"):
+                value = getattr(request, key)
+                if value is not None:
+                    body[key] = value
         else:
             body["prompt"] = request.prompt or ""
         if p.seed is not None:
@@ -301,11 +316,11 @@ class OpenAIUpstream:
             body["presence_penalty"] = p.presence_penalty
         if p.frequency_penalty:
             body["frequency_penalty"] = p.frequency_penalty
-        if p.logprobs:
+        if p.logprobs:  # a margin of extra alternatives: the output filter refills from them and cuts to k
             if chat:
-                body["logprobs"], body["top_logprobs"] = True, p.top_logprobs
-            else:
-                body["logprobs"] = p.top_logprobs
+                body["logprobs"], body["top_logprobs"] = True, alternatives_to_fetch(p.top_logprobs, 20)
+            else:  # OpenAI's legacy endpoint allows 5, vLLM its max_logprobs (20 by default)
+                body["logprobs"] = alternatives_to_fetch(p.top_logprobs, 20 if self.kind == "vllm" else 5)
         bias = {str(token): float(value) for token, value in p.logit_bias.items()}
         if bans is not None:
             bias.update(bans.logit_bias)  # a ban wins over the client's own bias for that token

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backends.base import BackendError, GenerationChunk, TokenLogprob
+from gateway.backends.base import BackendError, GenerationChunk, TokenLogprob, ToolCallDelta
 from gateway.backends.http_client import Response
 from gateway.backends.upstream_http import EmptyStream, bad_upstream, error_fields, event_batches
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _MISSING_LOGPROB = -9999.0  # what vLLM reports for -inf
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "eos": "stop",
-           "tool_calls": "stop", "function_call": "stop", "abort": "stop"}
+           "tool_calls": "tool_calls", "function_call": "stop", "abort": "stop"}
 
 
 @dataclass
@@ -42,6 +42,7 @@ class StreamRecord:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     usage_completion_tokens: int | None = None
+    tool_heads: dict[int, tuple[str, str]] = field(default_factory=dict)  # each call's id and name so far
 
 
 async def upstream_chunks(response: Response, record: StreamRecord, *, chat: bool,
@@ -114,20 +115,26 @@ def _event_choice(event: Any, record: StreamRecord) -> dict | None:
 class _Merged:
     """The choices of one read, concatenated in order."""
 
-    __slots__ = ("texts", "token_ids", "logprobs")
+    __slots__ = ("texts", "token_ids", "logprobs", "tool_calls")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.token_ids: list[int] = []
         self.logprobs: list[TokenLogprob] = []
+        self.tool_calls: list[ToolCallDelta] = []
 
     def __bool__(self) -> bool:
-        return bool(self.texts or self.logprobs)
+        return bool(self.texts or self.logprobs or self.tool_calls)
 
     def add(self, choice: dict, record: StreamRecord, *, chat: bool, want_logprobs: bool,
             track: bool) -> str | None:
         """Take one choice in; returns its finish reason (None while the answer goes on)."""
         text, token_ids, logprobs = choice_parts(choice, chat, want_logprobs)
+        calls = [_unrepeated(c, record) for c in tool_call_deltas(choice)] if chat else []
+        if calls:
+            self.tool_calls.extend(calls)
+            if not (text or token_ids or logprobs):
+                record.completion_tokens += 1
         if token_ids:
             record.exact_ids = True
             record.token_ids.extend(token_ids)
@@ -145,7 +152,45 @@ class _Merged:
 
     def chunk(self, finish_reason: str | None, record: StreamRecord) -> GenerationChunk:
         return GenerationChunk("".join(self.texts), self.token_ids, self.logprobs, finish_reason,
-                               record.prompt_tokens, record.completion_tokens)
+                               record.prompt_tokens, record.completion_tokens, self.tool_calls)
+
+
+def _unrepeated(call: ToolCallDelta, record: StreamRecord) -> ToolCallDelta:
+    """The delta without a repeat of its call's whole id or name: OpenAI and vLLM send them once, in
+    the call's first delta; llama.cpp's server repeats both in every delta (the client would read
+    "searchsearch…")."""
+    call_id, name = record.tool_heads.get(call.index, ("", ""))
+    if call.id == call_id:
+        call.id = ""
+    if call.name and call.name == name:
+        call.name = ""
+    record.tool_heads[call.index] = (call_id + call.id, name + call.name)
+    return call
+
+
+def tool_call_deltas(choice: dict) -> list[ToolCallDelta]:
+    """The tool-call fragments of a chat choice: streamed `delta.tool_calls` (with their `index`) or a
+    whole `message.tool_calls` (indexed by position). Anything malformed is a 502: a call the gateway
+    cannot read is one it cannot gate."""
+    part = choice.get("delta")
+    if part is None:
+        part = choice.get("message")
+    calls = part.get("tool_calls") if isinstance(part, dict) else None
+    if not calls:
+        return []
+    if not isinstance(calls, list):
+        raise bad_upstream("malformed response (tool_calls is not a list)")
+    out: list[ToolCallDelta] = []
+    for position, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        function = {} if function is None else function
+        index = call.get("index", position) if isinstance(call, dict) else None
+        fields = (call.get("id") or "", function.get("name") or "", function.get("arguments") or "") \
+            if isinstance(function, dict) and isinstance(index, int) else None
+        if fields is None or not all(isinstance(f, str) for f in fields):
+            raise bad_upstream("malformed response (unreadable tool call)")
+        out.append(ToolCallDelta(index, *fields))
+    return out
 
 
 def choice_parts(choice: dict, chat: bool, want_logprobs: bool) -> tuple[str, list[int], list[TokenLogprob]]:

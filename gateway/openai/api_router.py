@@ -9,9 +9,11 @@ from starlette.responses import Response
 
 from gateway.openai.chat.serving import create_chat_completion
 from gateway.openai.completions.serving import create_completion
+from gateway.openai.responses.api_router import router as responses_router
 from gateway.openai.serving import OpenAIServing
 
 router = APIRouter(prefix="/v1")
+router.include_router(responses_router)
 
 
 def _serving(request: Request) -> OpenAIServing:
