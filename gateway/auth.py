@@ -57,3 +57,30 @@ class AdminAuth:
                 raise APIError(401, "Invalid or missing admin token.", code="invalid_admin_token")
         actor = request.headers.get("x-unlearn-actor", "").strip()
         return actor[:128] if actor else "admin"
+
+
+class MetricsAuth:
+    """Who may read /metrics. Its series tell which requests met a protected topic and how many
+    targets exist, so it is an operator's view: with a token (`UNLEARN_METRICS_TOKEN`) it takes
+    `Authorization: Bearer <token>` (Prometheus's `authorization` / `bearer_token_file` scrape
+    settings); without one it is open only while the gateway has no client keys either, and off
+    (403) once clients authenticate, rather than readable by every client."""
+
+    def __init__(self, token: str | None, *, clients_authenticate: bool):
+        self._token = token
+        self._off = not token and clients_authenticate
+
+    @property
+    def mode(self) -> str:
+        """`token`, `open` or `off`, for the start-up log."""
+        return "token" if self._token else ("off" if self._off else "open")
+
+    def check(self, request: Request) -> None:
+        if self._off:
+            raise APIError(403, "/metrics is disabled: client API keys are set, so it needs UNLEARN_METRICS_TOKEN.",
+                           code="metrics_disabled")
+        if self._token:
+            token = _bearer(request)
+            if token is None or not hmac.compare_digest(token.encode(), self._token.encode()):
+                raise APIError(401, "Invalid or missing metrics token.", code="invalid_metrics_token",
+                               headers={"WWW-Authenticate": "Bearer"})

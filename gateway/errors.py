@@ -28,6 +28,8 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+RETRY_AFTER_SECONDS = 1
+"""A full queue drains in about a token's time per sequence: one second is a polite first retry."""
 
 
 class APIError(Exception):
@@ -47,6 +49,9 @@ def error_payload(status: int, message: str, *, code: str | None = None, param: 
 
 def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
                    headers: dict[str, str] | None = None) -> Response:
+    """The error as a response; a 429 always says when to retry (`Retry-After`, which OpenAI's SDKs honour)."""
+    if status == 429 and not any(name.lower() == "retry-after" for name in headers or ()):
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
     body = orjson.dumps(error_payload(status, message, code=code, param=param))
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
@@ -88,7 +93,9 @@ def exception_response(exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def handle(_: Request, exc: Exception) -> Response:
+    async def handle(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 404:  # name the route, as OpenAI does
+            return error_response(404, f"Invalid URL ({request.method} {request.url.path})", code="unknown_url")
         return exception_response(exc)
 
     for kind in (APIError, RequestValidationError, BackendError, StoreUnavailable, StarletteHTTPException, Exception):

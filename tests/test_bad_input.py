@@ -41,6 +41,7 @@ class Case:
     path: str
     body: object = None  # JSON-encoded; ignored when `raw` is set
     raw: bytes | None = None
+    content_type: str = "application/json"  # sent with `raw`
     method: str = "POST"
     status: int = 400
     param: str | None = None
@@ -77,7 +78,7 @@ CASES = [
          message="Unrecognized request argument"),
     Case("tools", CHAT, body=chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
          param="tools", code="unsupported_parameter"),
-    Case("response-format-json", CHAT, body=chat(response_format={"type": "json_object"}),
+    Case("response-format-schema-missing", CHAT, body=chat(response_format={"type": "json_schema"}),
          param_prefix="response_format"),
     Case("completions-suffix", COMPLETIONS, body=completion(suffix="!"), param="suffix",
          code="unsupported_parameter"),
@@ -92,6 +93,20 @@ CASES = [
     Case("five-stop-sequences", CHAT, body=chat(stop=["a", "b", "c", "d", "e"]), param="stop"),
     Case("logit-bias-non-numeric-key", CHAT, body=chat(logit_bias={"hello": 1}), param="logit_bias"),
     Case("logit-bias-out-of-vocab", CHAT, body=chat(logit_bias={"99999999": 1}), param="logit_bias"),
+    # issue #12, items 8 and 10: these answered 500, or were accepted silently
+    Case("logit-bias-superscript-digit-key", CHAT, body=chat(logit_bias={"\u00b2": 1}), param="logit_bias"),
+    Case("logit-bias-arabic-indic-digit-key", COMPLETIONS, body=completion(logit_bias={"\u0663": 1}),
+         param="logit_bias"),
+    Case("logit-bias-5000-digit-key", CHAT, body=chat(logit_bias={"9" * 5000: 1}), param="logit_bias"),
+    Case("seed-above-int64", CHAT, body=chat(seed=2**64 - 1, n=2), param="seed"),
+    Case("seed-below-int64", COMPLETIONS, body=completion(seed=-(2**63) - 1), param="seed"),
+    Case("max-tokens-above-int32", COMPLETIONS, body=completion(max_tokens=2**64), param="max_tokens"),
+    Case("top-logprobs-without-logprobs", CHAT, body=chat(top_logprobs=3), param="top_logprobs"),
+    Case("top-logprobs-with-logprobs-false", CHAT, body=chat(logprobs=False, top_logprobs=0), param="top_logprobs"),
+    Case("content-type-text-plain", CHAT, raw=b'{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", '
+         b'"content": "hi"}], "max_tokens": 2}', content_type="text/plain", code="unsupported_content_type"),
+    Case("content-type-form", COMPLETIONS, raw=b'{"model": "SmolLM2-135M-Instruct", "prompt": "hi"}',
+         content_type="application/x-www-form-urlencoded", code="unsupported_content_type"),
     Case("unknown-model", CHAT, body=chat(model="gpt-17"), status=404, param="model", code="model_not_found"),
     Case("unknown-model-completions", COMPLETIONS, body=completion(model="gpt-17"), status=404,
          code="model_not_found"),
@@ -110,7 +125,7 @@ def send(client: httpx.Client, case: Case) -> httpx.Response:
     if case.method == "GET":
         return client.get(case.path)
     if case.raw is not None:
-        return client.post(case.path, content=case.raw, headers={"Content-Type": "application/json"})
+        return client.post(case.path, content=case.raw, headers={"Content-Type": case.content_type})
     return client.post(case.path, json=case.body)
 
 
@@ -159,6 +174,21 @@ def client(server: GatewayServer) -> Iterator[httpx.Client]:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input_gets_openai_error(client: httpx.Client, case: Case) -> None:
     check(send(client, case), case)
+
+
+def test_largest_seed_with_several_choices(client: httpx.Client) -> None:
+    """The choices' seeds (seed, seed + 1, ...) wrap within int64 instead of overflowing the sampler."""
+    for path, body in ((CHAT, chat(seed=2**63 - 1, n=2, temperature=1)),
+                       (COMPLETIONS, completion(seed=-(2**63), n=2, temperature=1))):
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["choices"]) == 2
+
+
+def test_json_with_charset_is_accepted(client: httpx.Client) -> None:
+    body = httpx.Request("POST", "/", json=chat(temperature=0)).content
+    response = client.post(CHAT, content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200, response.text
 
 
 def assert_healthy(client: httpx.Client) -> None:

@@ -7,6 +7,7 @@ OpenAI-format 400s, and so the hot path skips FastAPI's extra validation layer.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -17,6 +18,10 @@ from gateway.backends.base import SamplingParams, TokenLogprob
 from gateway.errors import APIError, validation_error
 
 MAX_STOP_SEQUENCES = 4
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TOKENS_LIMIT = 2**31 - 1
+"""Largest `max_tokens` passed on: a JSON int every backend parses (JSON allows any size, orjson 64 bits)."""
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits only: "²".isdigit() is True but int("²") fails
 
 
 class StreamOptions(BaseModel):
@@ -33,7 +38,7 @@ class SamplingFields(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)  # OpenAI's (and vLLM's) int64
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -56,8 +61,8 @@ class SamplingFields(BaseModel):
     @classmethod
     def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not _TOKEN_ID.fullmatch(key):
+                raise ValueError(f"keys must be token ids (non-negative integers), got {key[:20]!r}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError("bias values must be between -100 and 100")
         return value
@@ -75,7 +80,7 @@ class SamplingFields(BaseModel):
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            seed=None if self.seed is None else self.seed + seed_offset,
+            seed=None if self.seed is None else choice_seed(self.seed, seed_offset),
             stop=tuple(self.stop or ()),
             logprobs=logprobs,
             top_logprobs=top_logprobs,
@@ -85,8 +90,14 @@ class SamplingFields(BaseModel):
         )
 
 
+def choice_seed(seed: int, offset: int) -> int:
+    """The seed of choice `offset`: `seed + offset`, wrapped to stay an int64 (what torch and vLLM take)."""
+    return (seed + offset - INT64_MIN) % 2**64 + INT64_MIN
+
+
 async def parse_body(request: Request, model: type[BaseModel], unsupported: dict[str, str]) -> Any:
     """JSON body → validated model, or an APIError naming the offending field."""
+    check_json_content_type(request)
     raw = await request.body()
     try:
         data = orjson.loads(raw)
@@ -102,6 +113,18 @@ async def parse_body(request: Request, model: type[BaseModel], unsupported: dict
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def check_json_content_type(request: Request) -> None:
+    """A body declared as anything but JSON is refused, as OpenAI does (400 `unsupported_content_type`);
+    parameters (`; charset=utf-8`) are allowed, and a body without a Content-Type is read as JSON."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(400, f"Unsupported content type: {declared[:100]!r}. This API method only accepts "
+                            "'application/json' requests.", code="unsupported_content_type")
 
 
 def sse(payload: dict) -> bytes:

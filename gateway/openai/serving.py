@@ -26,7 +26,7 @@ from gateway.backends.base import Backend, BackendError, GenerationRequest
 from gateway.errors import APIError, error_payload
 from gateway.metrics import GatewayMetrics
 from gateway.openai.common import SSE_DONE, sse
-from gateway.openai.responses import EventStreamResponse, LastEvent, cancel_on_disconnect
+from gateway.openai.event_stream import EventStreamResponse, LastEvent, cancel_on_disconnect
 from gateway.pipeline.pipeline import ChoiceDelta, RequestPlan, UnlearningPipeline, collect
 from gateway.settings import Settings
 from gateway.store.base import StoreUnavailable
@@ -87,7 +87,7 @@ class OpenAIServing:
         choices = await cancel_on_disconnect(request.receive, self._collect_all(plan, jobs))
         prompt_tokens = max((c.prompt_tokens for c in choices), default=0)
         completion_tokens = sum(c.completion_tokens for c in choices)
-        self._count_tokens(prompt_tokens, completion_tokens)
+        self.count_tokens(prompt_tokens, completion_tokens)
         return Response(orjson.dumps(framer.response(choices, prompt_tokens, completion_tokens)),
                         media_type="application/json")
 
@@ -125,7 +125,7 @@ class OpenAIServing:
                     except StopAsyncIteration:
                         break
                 p, c = max(prompt_tokens.values(), default=0), sum(completion_tokens.values())
-                self._count_tokens(p, c)
+                self.count_tokens(p, c)
                 usage_event = sse(framer.usage_chunk(p, c)) if include_usage else b""
                 yield LastEvent(last + usage_event + SSE_DONE)
             except (BackendError, StoreUnavailable) as exc:
@@ -137,7 +137,7 @@ class OpenAIServing:
 
         return EventStreamResponse(body())
 
-    def _count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.metrics.prompt_tokens.inc(prompt_tokens)
         self.metrics.completion_tokens.inc(completion_tokens)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.openai.common import SamplingFields
+from gateway.openai.common import MAX_TOKENS_LIMIT, SamplingFields
 
 UNSUPPORTED = {
     "suffix": "insertion (suffix) is not available for this model",
@@ -13,7 +13,7 @@ UNSUPPORTED = {
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = Field(default=None, ge=1)
