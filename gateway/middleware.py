@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,8 +54,31 @@ class BodyTooLarge(APIError):
         super().__init__(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
 
 
+REQUEST_ID = contextvars.ContextVar("request_id", default="")
+"""The current request's `x-request-id` (the client's when it sent a sane one, else a fresh one)."""
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def _prefix_request_id(factory: Any) -> Any:
+    """Log records made while a request is handled start with its id, so logs and the client's
+    `x-request-id` can be matched; ids are checked against `_SANE_ID`, so they hold no `%`."""
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        request_id = REQUEST_ID.get()
+        if request_id and isinstance(record.msg, str):
+            record.msg = f"[request_id={request_id}] {record.msg}"
+        return record
+    make.prefixes_request_id = True  # type: ignore[attr-defined]
+    return make
+
+
+if not getattr(logging.getLogRecordFactory(), "prefixes_request_id", False):
+    logging.setLogRecordFactory(_prefix_request_id(logging.getLogRecordFactory()))
+
+
 class RequestMetrics:
-    """Counts requests by route template and status; times them to the first response byte."""
+    """Counts requests by route template and status; times them to the first response byte; gives
+    every response an `x-request-id` header and every log line of the request that id."""
 
     def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics):
         self.app = app
@@ -71,17 +98,23 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500
+        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        if not _SANE_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        token = REQUEST_ID.set(request_id.decode())
 
         async def timed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
                 self._child(self.metrics.latency, _route(scope)).observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
+            REQUEST_ID.reset(token)
             self._child(self.metrics.requests, _route(scope), scope["method"], str(status)).inc()
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from gateway.errors import APIError
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext, UnlearningMethod
 from gateway.store.base import StoreUnavailable, TargetStore
 from gateway.store.models import ForgetTarget, TargetPatch
@@ -151,8 +152,10 @@ class UldMethod(UnlearningMethod):
     name: ClassVar[str] = NAME
     default: ClassVar[bool] = False  # training costs minutes of CPU per target: only targets that ask for it
 
-    def __init__(self, config: UldConfig, *, model_dir: Callable[[], Path], hooks_supported: Callable[[], bool]):
+    def __init__(self, config: UldConfig, *, model_dir: Callable[[], Path], hooks_supported: Callable[[], bool],
+                 metrics: GatewayMetrics | None = None):
         self.config = config
+        self.metrics = metrics
         self._model_dir = model_dir
         self._hooks_supported = hooks_supported
         self._base_lock = threading.Lock()
@@ -171,9 +174,9 @@ class UldMethod(UnlearningMethod):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, backend: Backend) -> UldMethod:
+    def from_settings(cls, settings: Settings, backend: Backend, *, metrics: GatewayMetrics | None = None) -> UldMethod:
         return cls(config_from_settings(settings), model_dir=lambda: model_dir_for(settings, backend),
-                   hooks_supported=lambda: bool(getattr(backend, "supports_logits_hooks", False)))
+                   hooks_supported=lambda: bool(getattr(backend, "supports_logits_hooks", False)), metrics=metrics)
 
     # -- the assistant base and loaded adapters ------------------------------------------------
 
@@ -361,6 +364,7 @@ class UldMethod(UnlearningMethod):
             return
         log.info("ULD training target %s (job %s)", target.id, job_hash[:12])
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
             adapter, metrics = await loop.run_in_executor(self._executor, self._train, target)
         except Cancelled:
@@ -371,6 +375,7 @@ class UldMethod(UnlearningMethod):
             return
         except Exception as exc:
             log.exception("ULD training of target %s failed", target.id)
+            self._observe_job("failed", started)
             current = await store.get(target.id)
             if self._ours(current, job_hash):
                 error = f"{type(exc).__name__}: {exc}"[:500]
@@ -385,10 +390,15 @@ class UldMethod(UnlearningMethod):
             elif job_of(current).get("data_hash") != job_hash:  # same hash: another worker may own that folder
                 shutil.rmtree(self.config.adapter_dir / adapter, ignore_errors=True)
             return
+        self._observe_job("ready", started)
         ready = job_status("ready", current, job_hash, adapter=adapter, trained_at=now_iso(), metrics=metrics)
         await store.update(target.id, TargetPatch(), actor=WORKER_ACTOR, derived={NAME: ready})
         remove_other_adapters(self.config.adapter_dir, target.id, adapter)
         log.info("ULD target %s ready: %s", target.id, metrics)
+
+    def _observe_job(self, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.job_duration.labels(NAME, outcome).observe(time.perf_counter() - started)
 
     def _train(self, target: ForgetTarget) -> tuple[str, dict[str, Any]]:
         return train_target(self.base(), target, self.config.train, self.config.adapter_dir, cancel=self._cancel)
