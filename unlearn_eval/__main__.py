@@ -1,0 +1,5 @@
+"""`python -m unlearn_eval ...`, the same as `unlearn-gateway eval ...`."""
+
+from unlearn_eval.cli import main
+
+main()
