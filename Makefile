@@ -16,7 +16,7 @@ LLAMA_BUILD_TAG   ?= avx2
 WHEEL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/unlearn-gateway/wheels/$(LLAMA_BUILD_TAG)
 PEER_STAMP  := $(VENV)/.upstream-peer-$(LLAMA_CPP_VERSION)-$(LLAMA_BUILD_TAG)
 
-.PHONY: setup serve test eval bench clean upstream-peer
+.PHONY: setup serve test eval clean upstream-peer
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,9 @@ serve: setup
 
 test: setup upstream-peer
 	$(PY) -m pytest -q -ra
+
+eval: setup   # the dev set through the embedded engine: raw model vs GUARD (see README, Evaluation)
+	$(VENV)/bin/unlearn-gateway eval --local --configs none,guard --out var/eval
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

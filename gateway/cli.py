@@ -86,5 +86,13 @@ from uld.cli import uld_app  # noqa: E402  (`unlearn-gateway uld train|status`)
 
 app.add_typer(uld_app, name="uld")
 
+from gateway.targets_cli import targets_app  # noqa: E402  (`unlearn-gateway targets import FILE`)
+
+app.add_typer(targets_app, name="targets")
+
+from unlearn_eval.cli import eval_command  # noqa: E402  (`unlearn-gateway eval`)
+
+app.command("eval")(eval_command)
+
 if __name__ == "__main__":
     app()

@@ -30,17 +30,29 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     insecure_admin: bool = False
     api_keys: str = Field(default="", description="comma-separated KEY or KEY:TENANT; empty = no client auth")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="bearer token /metrics requires; with client keys set and no token, /metrics is off")
     fail_open: bool = False
     refusal_text: str = DEFAULT_REFUSAL
+    refusal_finish_reason: Literal["stop", "content_filter"] = Field(
+        default="stop", description="finish_reason of a refused answer; content_filter is Azure OpenAI's convention")
+    metrics_target_ids: bool = Field(
+        default=False, description="also count near-leaks per target id (one series per target: opt in)")
+    canary_interval: float = Field(default=0.0, ge=0, description="seconds between leakage-canary runs; 0: off")
+    canary_budget: int = Field(default=20, ge=1, description="canary probes per run (rotating over targets)")
+    canary_max_tokens: int = Field(default=48, ge=1, description="max_tokens of a canary probe's answer")
     max_body_bytes: int = 1_048_576
     max_admin_body_bytes: int = 16_777_216
     default_max_tokens: int = 512
     max_n: int = 8
-    max_num_seqs: int = 4
+    max_num_seqs: int = Field(default=8, ge=1, description="sequences the embedded engine decodes as one batch")
     max_queue: int = 64
-    threads: int | None = None
+    threads: int | None = Field(
+        default=1, ge=1, description="torch threads of the embedded engine; 1 measured best (bench/bench_engine.py)")
     guard: bool = Field(default=True, description="enable the GUARD plug-in")
     guard_semantic: bool = Field(default=True, description="MiniLM detection and sentence checks")
+    guard_semantic_runtime: Literal["onnx", "torch"] = Field(
+        default="onnx", description="MiniLM on ONNX Runtime (one thread, exported once into cache_dir) or torch")
     guard_mode: Literal["ban", "penalty"] = "ban"
     guard_refuse_named: bool = Field(default=True, description="refuse up front when a user turn names a target")
     guard_detect_threshold: float = Field(default=0.52, ge=0.0, le=1.0)

@@ -1,11 +1,14 @@
-"""Embedded CPU engine: a Hugging Face causal LM decoded token by token in one worker thread.
+"""Embedded CPU engine: a Hugging Face causal LM decoded in one worker thread, batched.
 
 Why one thread: torch already uses every core for one forward pass, and a single
 owner of the model avoids locks around it. The event loop only enqueues work and
-awaits chunks. Active sequences are decoded round-robin (one token each per turn),
-so concurrent streams all make progress; the rest wait in a bounded FIFO queue and
-the caller gets a 429 when it is full. Closing a request's iterator (client gone)
-flags its sequence and the worker drops it before its next token.
+awaits chunks. A new sequence is prefilled alone, then joins the decode batch
+(`decode_batch.DecodeBatch`): each step runs one forward pass that yields the next
+token of every active sequence, and each row's logits then go through that
+request's own penalties, unlearning hooks and sampler. Up to `max_num_seqs`
+sequences decode together; the rest wait in a bounded FIFO queue and the caller
+gets a 429 when it is full. Closing a request's iterator (client gone) flags its
+sequence and the worker drops its row before the next step.
 """
 
 from __future__ import annotations
@@ -23,15 +26,25 @@ from typing import Any
 import torch
 
 from gateway.backends.base import (
+    JSON_OUTPUT,
     BackendBusy,
     BackendError,
     GenerationChunk,
     GenerationRequest,
     TokenLogprob,
 )
+from gateway.backends.decode_batch import DecodeBatch
 from gateway.backends.detokenize import IncrementalDetokenizer
+from gateway.backends.grammar import GrammarCompiler, GrammarHook
 from gateway.backends.model_files import resolve_model_dir, served_name
-from gateway.backends.sampling import apply_hooks, apply_request_penalties, log_probs, select_token, top_alternatives
+from gateway.backends.sampling import (
+    alternatives_to_fetch,
+    apply_hooks,
+    apply_request_penalties,
+    log_probs,
+    select_token,
+    top_alternatives,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,8 @@ class LocalEngine:
     """The default backend: SmolLM2 (or any local HF/GGUF model) on this machine's CPU."""
 
     supports_logits_hooks = True
+    features = frozenset({JSON_OUTPUT})
+    """`response_format` by constrained decoding (`gateway.backends.grammar`); no tools, text only."""
 
     def __init__(
         self,
@@ -87,7 +102,10 @@ class LocalEngine:
         self._wake = threading.Condition()
         self._stopping = False
         self._running = 0  # sequences the worker is decoding (written by the worker only)
+        self.generated_tokens = 0
+        """Tokens decoded since start (written by the worker only; the metrics read it at scrape)."""
         self._worker: threading.Thread | None = None
+        self._grammar: GrammarCompiler | None = None
 
     # -- Backend protocol -------------------------------------------------------------
 
@@ -103,6 +121,15 @@ class LocalEngine:
     def active_sequences(self) -> int:
         """Sequences decoding or queued; a cancelled one drops out before its next token."""
         return self._running + len(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """Sequences waiting for a decode slot (`unlearn_engine_queue_depth`)."""
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        return self._running
 
     @property
     def tokenizer(self) -> Any:
@@ -125,6 +152,11 @@ class LocalEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if not self.ready:
             raise BackendError("The model is not loaded yet.", status=503, code="model_not_ready")
+        if request.response_format is not None:  # after the unlearning hooks: the grammar masks what they left
+            if self._grammar is None:
+                self._grammar = GrammarCompiler(self._tokenizer, self._eos_ids)
+            compiled = await asyncio.to_thread(self._grammar.compile, request.response_format)
+            request.logits_hooks = [*request.logits_hooks, GrammarHook(compiled)]
         seq = self._new_sequence(request)
         with self._wake:
             if len(self._pending) >= self._max_queue:
@@ -197,7 +229,8 @@ class LocalEngine:
     # -- worker thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        active: list[_Sequence] = []
+        active: list[_Sequence] = []  # row i of `batch` is active[i]
+        batch = DecodeBatch(self._model)
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -205,44 +238,68 @@ class LocalEngine:
                         self._wake.wait()
                     if self._stopping:
                         break
-                    while self._pending and len(active) < self._max_num_seqs:
-                        active.append(self._pending.popleft())
-                    self._running = len(active)
-                for seq in list(active):
-                    if seq.cancelled.is_set() or not self._advance(seq):
-                        active.remove(seq)
+                    admitted = []
+                    while self._pending and len(active) + len(admitted) < self._max_num_seqs:
+                        admitted.append(self._pending.popleft())
+                    self._running = len(active) + len(admitted)
+                for seq in admitted:
+                    if not seq.cancelled.is_set() and self._guarded(seq, self._prefill, seq):
+                        batch.add(seq.cache)
+                        seq.cache = None  # the batch owns it now
+                        active.append(seq)
+                tokens: list[int] = []
+                keep: list[int] = []
+                for row, seq in enumerate(active):
+                    token = None if seq.cancelled.is_set() else self._guarded(seq, self._decode_step, seq)
+                    if token is not None:
+                        keep.append(row)
+                        tokens.append(token)
+                batch.keep(keep)
+                active = [active[row] for row in keep]
+                if active:
+                    try:
+                        logits = batch.step(tokens)
+                    except Exception as exc:  # never leave a client waiting on a dead batch
+                        log.exception("batched decode step failed")
+                        for seq in active:
+                            seq.emit(BackendError(f"Generation failed: {type(exc).__name__}", status=500,
+                                                  code="engine_error"))
+                        active, batch = [], DecodeBatch(self._model)
+                        continue
+                    for row, seq in enumerate(active):
+                        seq.next_logits = logits[row]
                 self._running = len(active)
         for seq in [*active, *self._pending]:
             seq.emit(BackendError("The server is shutting down.", status=503, code="shutting_down"))
 
-    def _advance(self, seq: _Sequence) -> bool:
-        """Prefill or decode one token. Returns False when the sequence is finished."""
+    @staticmethod
+    def _guarded(seq: _Sequence, work: Any, *args: Any) -> Any:
+        """Run one sequence's share of a step; an error ends that sequence alone, with an error chunk."""
         try:
-            if seq.next_logits is None:
-                self._forward(seq, seq.prompt_ids)
-                return True
-            return self._decode_step(seq)
+            return work(*args)
         except Exception as exc:  # never leave a client waiting on a dead sequence
             log.exception("generation failed")
             seq.emit(BackendError(f"Generation failed: {type(exc).__name__}", status=500, code="engine_error"))
-            return False
+            return None
 
-    def _forward(self, seq: _Sequence, ids: list[int]) -> None:
+    def _prefill(self, seq: _Sequence) -> bool:
         from transformers import DynamicCache
 
-        if seq.cache is None:
-            seq.cache = DynamicCache()
-        out = self._model(input_ids=torch.tensor([ids]), past_key_values=seq.cache, use_cache=True)
+        seq.cache = DynamicCache()
+        out = self._model(input_ids=torch.tensor([seq.prompt_ids]), past_key_values=seq.cache, use_cache=True)
         seq.cache = out.past_key_values
         seq.next_logits = out.logits[0, -1, :].float()
+        return True
 
-    def _decode_step(self, seq: _Sequence) -> bool:
+    def _decode_step(self, seq: _Sequence) -> int | None:
+        """Pick and emit the next token from `seq.next_logits`; None when the sequence is finished."""
         params = seq.request.params
         logits = apply_request_penalties(seq.next_logits, params, seq.output_ids)
         logits = apply_hooks(logits, seq.request.logits_hooks, seq.prompt_ids, seq.output_ids)
         token = select_token(logits, params, seq.generator)
         logprob = self._token_logprob(logits, token, params.top_logprobs) if params.logprobs else None
         seq.output_ids.append(token)
+        self.generated_tokens += 1
 
         finish: str | None = None
         if token in self._eos_ids:
@@ -264,14 +321,12 @@ class LocalEngine:
                 completion_tokens=len(seq.output_ids),
             )
         )
-        if finish is not None:
-            return False
-        self._forward(seq, [token])
-        return True
+        return None if finish is not None else token
 
     def _token_logprob(self, logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
         lp = log_probs(logits)
-        top = tuple((self._piece(i), v, list(self._piece(i).encode())) for i, v in top_alternatives(lp, k))
+        alternatives = top_alternatives(lp, alternatives_to_fetch(k))  # the output filter cuts them to k
+        top = tuple((self._piece(i), v, list(self._piece(i).encode())) for i, v in alternatives)
         piece = self._piece(token)
         return TokenLogprob(token=piece, logprob=float(lp[token]), bytes=list(piece.encode()), top=top)
 
