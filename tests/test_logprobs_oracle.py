@@ -15,6 +15,7 @@ import pytest
 
 from conftest import admin_headers
 from gateway.backends.base import GenerationChunk, TokenLogprob
+from gateway.backends.sampling import alternatives_shown, alternatives_to_fetch
 from gateway.pipeline.choice_filter import ChoiceFilter
 from guards.output_gate import ForbiddenMatcher
 
@@ -83,3 +84,29 @@ def test_only_alternatives_that_complete_a_name_are_dropped():
     released = [*step.logprobs, *tail.logprobs]
     assert [alt[0] for alt in released[0].top] == [" Tol", " Lewis", " Martin"]
     assert released[0].logprob == -1.0
+
+
+@pytest.mark.parametrize("requested, cap", [(20, 20), (5, 5), (3, 20), (5, None)])
+def test_at_an_upstream_cap_the_count_still_ignores_what_was_dropped(requested, cap):
+    """An upstream returns at most `cap` alternatives (20; OpenAI's legacy completions 5). Asked for all
+    of them, there is no margin to refill from: the count shown is fixed by the request and the cap
+    alone, so an answer whose alternatives include a name's completion has as many as one without."""
+    fetched = alternatives_to_fetch(requested, cap)
+    shown = alternatives_shown(requested, cap)
+    assert 1 <= shown <= requested and fetched >= shown
+    if cap is None or requested + 1 < cap:
+        assert shown == requested  # below the cap the client gets exactly what it asked for
+
+    fillers = [(f" Word{i}", -1.0 - i, []) for i in range(fetched)]
+    counts = []
+    for first in (" Tolkien", " Lewis"):  # with and without an alternative that completes a name
+        top = tuple([(first, -0.1, []), *fillers][:fetched])
+        gate = ChoiceFilter([ForbiddenMatcher(["J.R.R. Tolkien"])], prompt_tail="written by J.R.R.",
+                            top_logprobs=shown)
+
+        async def run(gate=gate, top=top):
+            step = await gate.feed(GenerationChunk(text=" Word0", logprobs=[TokenLogprob(" Word0", -1.0, [], top)]))
+            return [*step.logprobs, *(await gate.finish()).logprobs]
+
+        counts.append(len(asyncio.run(run())[0].top))
+    assert counts == [shown, shown]

@@ -27,7 +27,6 @@ from conftest import REPO, admin_headers
 from gateway.backends.base import BackendError, GenerationRequest, SamplingParams
 from gateway.backends.model_files import resolve_model_dir
 from gateway.backends.openai_upstream import OpenAIUpstream, normalise_base_url
-from gateway.backends.sampling import LOGPROB_MARGIN
 from gateway.backends.upstream_http import map_status_error
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext
@@ -460,7 +459,7 @@ def test_sampling_params_are_mapped(upstream_gateway):
                                      "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")} == {
             "model": MODEL, "max_tokens": 7, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n\n"],
             "presence_penalty": 0.5, "frequency_penalty": 0.25, "logit_bias": {"42": 5.0}, "logprobs": True,
-            "top_logprobs": 2 + LOGPROB_MARGIN}  # a margin the output filter refills dropped alternatives from
+            "top_logprobs": 2 + 6}  # a margin (a third of the upstream's cap of 20) to refill dropped alternatives
         assert sent["stream_options"] == {"include_usage": True}
 
 

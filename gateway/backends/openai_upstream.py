@@ -288,6 +288,11 @@ class OpenAIUpstream:
 
     # -- request ----------------------------------------------------------------------
 
+    def logprob_cap(self, request: GenerationRequest) -> int:
+        """The most alternatives the upstream returns per token: 20 on chat (OpenAI and vLLM); on the
+        legacy completions endpoint OpenAI allows 5, vLLM its max_logprobs (20 by default)."""
+        return 20 if request.messages is not None or self.kind == "vllm" else 5
+
     def payload(self, request: GenerationRequest, bans: UpstreamBans | None = None) -> tuple[str, dict]:
         """The upstream path and JSON body of one generation."""
         p = request.params
@@ -317,10 +322,11 @@ class OpenAIUpstream:
         if p.frequency_penalty:
             body["frequency_penalty"] = p.frequency_penalty
         if p.logprobs:  # a margin of extra alternatives: the output filter refills from them and cuts to k
+            fetch = alternatives_to_fetch(p.top_logprobs, self.logprob_cap(request))
             if chat:
-                body["logprobs"], body["top_logprobs"] = True, alternatives_to_fetch(p.top_logprobs, 20)
-            else:  # OpenAI's legacy endpoint allows 5, vLLM its max_logprobs (20 by default)
-                body["logprobs"] = alternatives_to_fetch(p.top_logprobs, 20 if self.kind == "vllm" else 5)
+                body["logprobs"], body["top_logprobs"] = True, fetch
+            else:
+                body["logprobs"] = fetch
         bias = {str(token): float(value) for token, value in p.logit_bias.items()}
         if bans is not None:
             bias.update(bans.logit_bias)  # a ban wins over the client's own bias for that token

@@ -65,12 +65,30 @@ LOGPROB_MARGIN = 8
 forbidden string and refills from these, so the count a client sees never depends on its targets."""
 
 
+def _margin(cap: int | None) -> int:
+    """The margin a backend can afford under its cap (an API limit on alternatives), at least 1."""
+    return LOGPROB_MARGIN if cap is None else max(1, min(LOGPROB_MARGIN, cap // 3))
+
+
 def alternatives_to_fetch(requested: int, cap: int | None = None) -> int:
     """How many alternatives a backend should produce for `requested` ones (0 stays 0), at most `cap`."""
     if requested <= 0:
         return 0
-    wanted = requested + LOGPROB_MARGIN
+    wanted = requested + _margin(cap)
     return wanted if cap is None else max(requested, min(wanted, cap))
+
+
+def alternatives_shown(requested: int, cap: int | None = None) -> int:
+    """How many alternatives the client gets: `requested`, less what the cap leaves of the margin.
+
+    Under a cap (an upstream allows 20, OpenAI's legacy completions 5) a request near it has no room
+    to refill dropped alternatives; showing what was fetched would make the count depend on what the
+    filter dropped, i.e. on which targets exist. So the count shown is fixed by the request alone:
+    every entry has exactly this many, with or without targets (fewer than asked only near the cap).
+    """
+    if requested <= 0 or cap is None:
+        return requested
+    return max(1, min(requested, cap - _margin(cap)))
 
 
 def top_alternatives(logprobs: torch.Tensor, k: int) -> list[tuple[int, float]]:

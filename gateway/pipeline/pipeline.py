@@ -26,6 +26,7 @@ from gateway.backends.base import (
     ToolCallDelta,
     count_prompt_tokens,
 )
+from gateway.backends.sampling import alternatives_shown
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.choice_filter import ChoiceFilter
 from gateway.pipeline.leakage import AnswerLedger, count_in_play, gate_catcher
@@ -60,6 +61,8 @@ class RequestPlan:
     refusal_finish_reason: str = "stop"
     ledger: AnswerLedger | None = None
     _banned: tuple[tuple[int, ...], ...] | None = field(default=None, init=False, repr=False)
+    _shown: int | None = field(default=None, init=False, repr=False)
+    """Alternatives per logprob entry the client gets (`alternatives_shown`), set by `run`."""
 
     def __post_init__(self) -> None:
         if self.ledger is None:
@@ -107,7 +110,7 @@ class RequestPlan:
                   else [c for p in plans for c in p.sentence_checks])
         return ChoiceFilter([m for p in plans for m in p.gate_matchers], checks,
                             prompt_tail=prompt_tail(request) if request is not None else "",
-                            top_logprobs=request.params.top_logprobs if request is not None else None)
+                            top_logprobs=self._shown if request is not None else None)
 
     async def run(self, backend: Backend, request: GenerationRequest) -> AsyncIterator[ChoiceDelta]:
         """Decode one choice and yield only what the gate (and rewriters) let through."""
@@ -118,6 +121,8 @@ class RequestPlan:
                               count_prompt_tokens(backend.tokenizer, request), 0, refused=True)
             return
         steered: set[str] = set()
+        cap = getattr(backend, "logprob_cap", None)  # an upstream's API limit on alternatives
+        self._shown = alternatives_shown(request.params.top_logprobs, cap(request) if cap is not None else None)
         if getattr(backend, "supports_logits_hooks", True):
             request.logits_hooks, steered = self.ledger.hooks()
         else:  # an upstream server: translate the hooks into bans it can enforce itself
