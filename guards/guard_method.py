@@ -29,12 +29,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from gateway.backends.base import SequenceUnion
 from gateway.pipeline.methods import Detection, MethodPlan, RequestContext, UnlearningMethod
 from gateway.pipeline.shards import Shard, TenantTargets
 from gateway.store.models import ForgetTarget
@@ -264,7 +264,7 @@ class TrieUnion:
         targets per change; a sequence two shards share is listed twice, which bans it the same)."""
         if len(self.tries) == 1:
             return self.tries[0].sequences
-        return tuple(chain.from_iterable(trie.sequences for trie in self.tries))
+        return SequenceUnion(trie.sequences for trie in self.tries)
 
 
 class ShardedRestriction:

@@ -7,8 +7,9 @@ the unlearning pipeline plugs into both the same way (logits hooks, output gate)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -24,6 +25,24 @@ class LogitsHook(Protocol):
     """
 
     def __call__(self, prompt_ids: Sequence[int], output_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor: ...
+
+
+class SequenceUnion(tuple):
+    """Banned token sequences made of `parts` (each an immutable tuple, e.g. one per target shard).
+
+    It is the plain concatenation, so any consumer can read it as a tuple; a backend that derives
+    request parameters from the sequences (the upstream's `logit_bias` and vLLM arguments) may do so
+    per part and reuse a part's result while that part lives, so a target change costs the size of
+    the change, not of the whole target set.
+    """
+
+    parts: tuple[tuple[tuple[int, ...], ...], ...]
+
+    def __new__(cls, parts: Iterable[tuple[tuple[int, ...], ...]]) -> SequenceUnion:
+        parts = tuple(parts)
+        union = super().__new__(cls, chain.from_iterable(parts))
+        union.parts = parts
+        return union
 
 
 @dataclass(frozen=True)

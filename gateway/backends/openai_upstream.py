@@ -39,10 +39,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -68,6 +66,7 @@ from gateway.backends.upstream_http import (
     map_status_error,
     map_transport_error,
 )
+from gateway.backends.upstream_bans import BanTranslator, UpstreamBans
 from gateway.backends.upstream_stream import StreamRecord, upstream_chunks
 from gateway.backends.sampling import alternatives_to_fetch
 from gateway.backends.vllm_plugin import XARGS_KEY
@@ -77,42 +76,6 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BAN_BIAS = -100.0
-"""The strongest bias the OpenAI API accepts; upstreams treat it as a ban."""
-_BAN_CACHE_SIZE = 32
-
-
-# -- bans ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UpstreamBans:
-    """A request's banned sequences in the forms the upstream understands."""
-
-    sequences: tuple[tuple[int, ...], ...]
-    single_ids: frozenset[int]
-    logit_bias: dict[str, float]
-    bad_words: list[str]
-    xargs: str
-    single_texts: frozenset[str] = frozenset()  # the decoded text of each banned single token
-    source: object = field(default=None, compare=False, repr=False)  # what the cache entry was derived from
-
-    def violated_by(self, token_ids: Sequence[int]) -> bool:
-        """Did the output (the upstream's own token ids) contain any banned sequence?"""
-        if any(t in self.single_ids for t in token_ids):
-            return True
-        ids = list(token_ids)
-        by_first: dict[int, list[tuple[int, ...]]] = {}
-        for seq in self.sequences:
-            if len(seq) > 1:
-                by_first.setdefault(seq[0], []).append(seq)
-        for i, token in enumerate(ids):
-            for seq in by_first.get(token, ()):
-                if tuple(ids[i : i + len(seq)]) == seq:
-                    return True
-        return False
-
 
 # -- the backend -----------------------------------------------------------------------------
 
@@ -157,7 +120,7 @@ class OpenAIUpstream:
         self._discovery: asyncio.Task | None = None
         self._closed = False
         self._active = 0
-        self._ban_cache: OrderedDict[int, UpstreamBans] = OrderedDict()
+        self._ban_translator = BanTranslator(kind)
         self.ignored_controls = 0
         """Generations in which the upstream emitted a banned token (also the Prometheus counter)."""
 
@@ -341,33 +304,7 @@ class OpenAIUpstream:
         return ("/chat/completions" if chat else "/completions"), body
 
     def _bans(self, sequences: Sequence[Sequence[int]]) -> UpstreamBans | None:
-        if not sequences:
-            return None
-        # Keyed by identity: the pipeline hands every request of a target snapshot the same tuple,
-        # and the entry keeps it alive, so an id is never reused while cached.
-        cached = self._ban_cache.get(id(sequences))
-        if cached is not None and cached.source is sequences:
-            self._ban_cache.move_to_end(id(sequences))
-            return cached
-        key = tuple(tuple(int(t) for t in seq) for seq in sequences if len(seq))
-        single = frozenset(seq[0] for seq in key if len(seq) == 1)
-        words: list[str] = []
-        if self.kind == "vllm" and self._tokenizer is not None:
-            decoded = self._tokenizer.batch_decode([list(seq) for seq in key])
-            words = list(dict.fromkeys(w.strip() for w in decoded if w.strip()))
-        bans = UpstreamBans(
-            sequences=key,
-            single_ids=single,
-            logit_bias={str(t): BAN_BIAS for t in sorted(single)},
-            bad_words=words,
-            xargs=orjson.dumps([list(seq) for seq in key]).decode(),
-            single_texts=frozenset(self._tokenizer.decode([t]) for t in single) if self._tokenizer else frozenset(),
-            source=sequences,
-        )
-        self._ban_cache[id(sequences)] = bans
-        if len(self._ban_cache) > _BAN_CACHE_SIZE:
-            self._ban_cache.popitem(last=False)
-        return bans
+        return self._ban_translator.bans(sequences, self._tokenizer)
 
     # -- response ---------------------------------------------------------------------
 
