@@ -151,6 +151,20 @@ def test_malformed_tool_turns_are_400s(scripted_gateway, message, param):
 
 
 @pytest.mark.parametrize("extra, param", [
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "search"}}}, "tool_choice"),
+    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+])
+def test_tool_options_without_tools_are_400s(scripted_gateway, extra, param):
+    """As OpenAI answers: a tool option with no `tools` is a mistake, not something to ignore."""
+    body = {"model": MODEL, "messages": ASK, **extra}
+    response = httpx.post(scripted_gateway.url + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert "only allowed when 'tools' are specified" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("extra, param", [
     ({"tools": [SEARCH]}, "tools"),
     ({"messages": [*ASK, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "search", "arguments": "{}"}}]},

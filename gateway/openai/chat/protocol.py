@@ -113,6 +113,13 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("'logprobs' must be set to true when 'top_logprobs' is used")
         return value
 
+    @field_validator("tool_choice", "parallel_tool_calls")
+    @classmethod
+    def _needs_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("tools"):
+            raise ValueError(f"'{info.field_name}' is only allowed when 'tools' are specified")
+        return value
+
     @field_validator("messages")
     @classmethod
     def _has_content(cls, messages: list[ChatMessage]) -> list[ChatMessage]:

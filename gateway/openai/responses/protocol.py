@@ -166,9 +166,11 @@ class ResponsesRequest(_Wire):
             else:
                 messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
         chat: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
-        for key in ("temperature", "top_p", "parallel_tool_calls", "user", "metadata", "service_tier"):
+        for key in ("temperature", "top_p", "user", "metadata", "service_tier"):
             if getattr(self, key) is not None:
                 chat[key] = getattr(self, key)
+        if self.tools and self.parallel_tool_calls is not None:  # chat refuses tool options without tools
+            chat["parallel_tool_calls"] = self.parallel_tool_calls
         if self.max_output_tokens is not None:
             chat["max_completion_tokens"] = self.max_output_tokens
         if self.tools:
@@ -176,8 +178,8 @@ class ResponsesRequest(_Wire):
                              for t in self.tools]
         if isinstance(self.tool_choice, NamedFunction):
             chat["tool_choice"] = {"type": "function", "function": {"name": self.tool_choice.name}}
-        elif self.tool_choice is not None:
-            chat["tool_choice"] = self.tool_choice
+        elif self.tool_choice is not None and (self.tools or self.tool_choice == "required"):
+            chat["tool_choice"] = self.tool_choice  # "auto"/"none" with no tools say nothing
         fmt = self.text.format if self.text else None
         if fmt is not None and fmt.type == "json_schema":
             spec = JSONSchemaFormat.model_validate(fmt.model_dump(by_alias=True, exclude_none=True,
