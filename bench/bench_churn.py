@@ -18,7 +18,6 @@ Prints one table, both sizes side by side, with RSS per replica. Issue #11 goals
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -34,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy import ADMIN_TOKEN, FIRST, LAST, ROOT, free_port, smollm2_gguf, wait_ready  # noqa: E402
+from bench_proxy import (  # noqa: E402
+    ADMIN_TOKEN, FIRST, LAST, ROOT, free_port, smollm2_gguf, stop_processes, wait_ready)
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -147,11 +147,7 @@ def run_size(count: int, args: argparse.Namespace, console: Console) -> dict:
                     "propagation": propagation, "stale": stale, "quiet": quiet, "during": during,
                     "rss_a": rss_mb(a.pid), "rss_b": rss_mb(b.pid)}
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=15)
+            stop_processes(procs)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -72,6 +72,15 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
 
 
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes a run started (newest first) and wait for each, 15 s at most."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+
+
 def smollm2_gguf() -> str | None:
     """The bundled SmolLM2 GGUF as the upstream tokenizer, so GUARD bans real token ids."""
     import importlib.util
@@ -170,11 +179,7 @@ def realistic(args: argparse.Namespace, console: Console) -> None:
                                            tokens=args.tokens, unique=unique)
                 console.print(f"  {label} c={c}: {results[(label, c)]['rps']:.0f} req/s")
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=15)
+            stop_processes(procs)
     direct = results[(cases[0][0], 1)]
     table = Table(title=f"Realistic traffic: streamed, {args.targets} synthetic + {8} dev targets, "
                         f"{args.tokens} chunks, {args.workers} gateway process(es)")
@@ -236,11 +241,7 @@ def main() -> None:
                 console.print(f"  {mode} c={c}: direct {direct['rps']:.0f} req/s, "
                               f"gateway {via['rps']:.0f} req/s, errors {via['errors']}")
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=15)
+            stop_processes(procs)
     print_table(console, rows, args)
 
 
