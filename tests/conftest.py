@@ -119,3 +119,23 @@ def scripted_gateway(make_gateway, scripted) -> GatewayServer:
 
     return make_gateway(backend="openai", upstream_url=scripted.url, guard_semantic=False,
                         upstream_tokenizer=str(resolve_model_dir(None, REPO / "var" / "models")))
+
+
+@pytest.fixture
+def fake_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayServer]]:
+    """Start gateways on `tests/fake_backend.py` (a model that always says `text`; no hooks run),
+    GUARD's semantic stage, ALU and ULD off; all stopped after the test."""
+    from fake_backend import FakeBackend
+
+    servers: list[GatewayServer] = []
+
+    def make(text: str = "Hello there, how can I help?", **overrides) -> GatewayServer:
+        values = {"store": f"sqlite:///{tmp_path / 'targets.db'}", "admin_token": ADMIN_TOKEN,
+                  "guard_semantic": False, "alu": False, "uld": False, **overrides}
+        server = GatewayServer(Settings(**values), backend=FakeBackend(text)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -7,16 +7,12 @@ gate that knows names only (a leak *to the client*).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, admin_headers
-from fake_backend import FakeBackend
-from gateway_server import GatewayServer
+from conftest import admin_headers
 from test_leakage_metrics import value
 
-from gateway.settings import Settings
 
 NAME = "Zorblax Quintavern"
 TARGET = {"name": NAME, "description": "Inventor of the quintoscope",
@@ -24,19 +20,9 @@ TARGET = {"name": NAME, "description": "Inventor of the quintoscope",
 
 
 @pytest.fixture
-def start(tmp_path: Path):
-    servers: list[GatewayServer] = []
-
-    def make(text: str, **overrides) -> GatewayServer:
-        values = {"store": f"sqlite:///{tmp_path / 'targets.db'}", "admin_token": ADMIN_TOKEN,
-                  "guard_semantic": False, "alu": False, "uld": False, "canary_budget": 4, **overrides}
-        server = GatewayServer(Settings(**values), backend=FakeBackend(text)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(fake_gateway):
+    """Gateways whose model always says `text`, with a canary budget of 4 probes per run."""
+    return lambda text, **overrides: fake_gateway(text, **{"canary_budget": 4, **overrides})
 
 
 def _register(client: httpx.Client, **target) -> str:

@@ -8,35 +8,21 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, admin_headers
-from fake_backend import FAKE_MODEL, FakeBackend
-from gateway_server import GatewayServer
+from conftest import admin_headers
+from fake_backend import FAKE_MODEL
 from redis_server import RedisServer, redis_binary
 
 from gateway.metrics import DETECTION_KINDS, STAGE_ACTIONS
-from gateway.settings import Settings
 
 NAME = "Zorblax Quintavern"
 
 
 @pytest.fixture
-def start(tmp_path: Path):
-    servers: list[GatewayServer] = []
-
-    def make(text: str = "Hello there, how can I help?", **overrides) -> GatewayServer:
-        values = {"store": f"sqlite:///{tmp_path / 'targets.db'}", "admin_token": ADMIN_TOKEN,
-                  "guard_semantic": False, "alu": False, "uld": False, **overrides}
-        server = GatewayServer(Settings(**values), backend=FakeBackend(text)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
+def start(fake_gateway):
+    return fake_gateway
 
 
 def register(client: httpx.Client, tenant: str = "default") -> None:
